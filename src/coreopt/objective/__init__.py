@@ -1,4 +1,4 @@
-"""The shared objective layer: devices, objectives as torch callables, a minimizer, finite differences.
+"""The shared objective layer: devices, objectives, a minimizer, finite differences.
 
 It knows torch, devices and optimization, and nothing of games, quantization or models.
 """

@@ -1,4 +1,4 @@
-"""``minimize``: first-order (or L-BFGS) minimisation of a torch objective, optionally on a manifold.
+"""``minimize``: gradient-based minimisation of a torch objective, optionally on a manifold.
 
 The manifold enters through a *parametrization*: an unconstrained tensor ``W`` is optimized and the
 objective sees ``phi(W)`` (for example ``phi = lambda W: cayley(skew(W))`` for orthogonal
@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -41,7 +41,7 @@ _OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs")
 
 @dataclass(frozen=True)
 class MinimizeConfig:
-    """Options of :func:`coreopt.minimize`. Validated on construction (``ValueError``/``TypeError``).
+    """Options of :func:`coreopt.minimize`, validated on construction (ValueError/TypeError).
 
     Attributes:
         steps: maximum number of optimizer steps (each step evaluates the objective and its
@@ -98,7 +98,9 @@ class MinimizeConfig:
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive or None, got {self.max_grad_norm!r}")
         if self.patience is not None and (
-            isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1
+            isinstance(self.patience, bool)
+            or not isinstance(self.patience, int)
+            or self.patience < 1
         ):
             raise ValueError(f"patience must be a positive int or None, got {self.patience!r}")
         if not (self.tol >= 0 and math.isfinite(self.tol)):
@@ -149,7 +151,10 @@ def minimize(
     params: Params,
     config: MinimizeConfig | None = None,
     *,
-    parametrization: Parametrization | Sequence[Parametrization | None] | dict[str, Any] | None = None,
+    parametrization: Parametrization
+    | Sequence[Parametrization | None]
+    | dict[str, Any]
+    | None = None,
     callback: Callback | None = None,
     **overrides: Any,
 ) -> MinimizeResult:
@@ -197,7 +202,10 @@ def minimize(
     device = None if cfg.device is None else resolve_device(cfg.device)
     dtype = None if cfg.dtype is None else resolve_dtype(cfg.dtype, device)
     raw = [
-        p.detach().to(device=device or p.device, dtype=dtype or p.dtype).clone().requires_grad_(True)
+        p.detach()
+        .to(device=device or p.device, dtype=dtype or p.dtype)
+        .clone()
+        .requires_grad_(True)
         for p in flat0
     ]
 
@@ -280,11 +288,11 @@ def minimize(
             if is_lbfgs:
                 # L-BFGS evaluates the current point, then moves it inside step(closure).
                 point = [t.detach().clone() for t in raw]
-                loss_t = optimizer.step(closure)  # type: ignore[arg-type]
+                stepped = optimizer.step(closure)  # type: ignore[arg-type]
+                value = float(cast(torch.Tensor, stepped).detach())
             else:
                 point = raw
-                loss_t = closure()
-            value = float(loss_t.detach())
+                value = float(closure().detach())
             record(value, step, point)
             if not math.isfinite(value):
                 raise NonFiniteError(
@@ -326,7 +334,9 @@ def minimize(
                 raise NonFiniteError(
                     f"the objective returned {value} after {steps_taken} steps; the best finite "
                     "iterate so far is in err.result",
-                    result=snapshot(steps_taken, Status.NON_FINITE) if best_raw is not None else None,
+                    result=snapshot(steps_taken, Status.NON_FINITE)
+                    if best_raw is not None
+                    else None,
                 )
     finally:
         bar.close()
@@ -356,7 +366,16 @@ def _make_optimizer(cfg: MinimizeConfig, params: list[torch.Tensor]) -> torch.op
         return torch.optim.AdamW(params, lr=cfg.lr)
     if name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
-    return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=1, line_search_fn="strong_wolfe")
+    # One L-BFGS iteration per step; convergence is decided by our own patience rule, so torch's
+    # internal tolerances are off (they otherwise freeze the iterate early).
+    return torch.optim.LBFGS(
+        params,
+        lr=cfg.lr,
+        max_iter=1,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=0.0,
+        tolerance_change=0.0,
+    )
 
 
 def _bar_disabled(progress: bool | None) -> bool | None:

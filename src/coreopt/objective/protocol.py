@@ -7,8 +7,9 @@ the same structure it was given, so user code reads naturally::
     def loss(p):                       # p is {"Q": Tensor(n, n)}
         return ((p["Q"] @ A - B) ** 2).sum()
 
-A *batched* objective takes parameters with a leading batch dimension of size B and returns a loss
-of shape ``(B,)``; :func:`vmap_objective` builds one from a plain objective with ``torch.func.vmap``.
+A *batched* objective takes parameters with a leading batch dimension of size B and returns
+a loss of shape ``(B,)``; :func:`vmap_objective` builds one from a plain objective with
+``torch.func.vmap``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class Objective(Protocol):
     def __call__(self, params: Params, /) -> torch.Tensor: ...
 
 
-def flatten_params(params: Params) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Params]]:
+def flatten_params(
+    params: Params,
+) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Params]]:
     """Split ``params`` into a flat list of tensors and a function rebuilding the structure.
 
     Raises:
@@ -62,9 +65,7 @@ def flatten_params(params: Params) -> tuple[list[torch.Tensor], Callable[[list[t
     )
 
 
-def match_structure(
-    spec: object, params: Params, what: str
-) -> list[object | None]:
+def match_structure(spec: object, params: Params, what: str) -> list[object | None]:
     """Broadcast a per-parameter option (``spec``) over the flat parameter list.
 
     ``spec`` may be ``None`` (none for every tensor), a single value (the same for every tensor),
@@ -135,7 +136,7 @@ def vmap_objective(objective: Objective) -> Callable[[Params], torch.Tensor]:
     return torch.func.vmap(objective)
 
 
-def _check_tensors(values: list[object], names: list[str]) -> None:
+def _check_tensors(values: Sequence[object], names: list[str]) -> None:
     if not values:
         raise ValueError("params is empty: give at least one tensor to optimize")
     for name, value in zip(names, values, strict=True):

@@ -13,6 +13,7 @@ Every entry point accepts an ``executor`` argument:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -84,10 +85,8 @@ class RayExecutor(Executor):
         self._shutdown = True
         if cancel_futures:
             for ref in self._pending:
-                try:
+                with contextlib.suppress(Exception):  # already finished: nothing to cancel
                     self._ray.cancel(ref)
-                except Exception:  # already finished or lost: nothing to cancel
-                    pass
         elif wait and self._pending:
             self._ray.wait(self._pending, num_returns=len(self._pending))
         self._pending.clear()
@@ -106,11 +105,14 @@ def default_workers() -> int:
 
 
 @contextmanager
-def get_executor(executor: ExecutorSpec = None, *, max_workers: int | None = None) -> Iterator[Executor]:
+def get_executor(
+    executor: ExecutorSpec = None, *, max_workers: int | None = None
+) -> Iterator[Executor]:
     """Resolve an executor specification; shut it down on exit only if it was created here.
 
     Args:
-        executor: ``None``/``"threads"``, ``"ray"``, or a ready :class:`~concurrent.futures.Executor`.
+        executor: ``None``/``"threads"``, ``"ray"``, or a ready
+            :class:`~concurrent.futures.Executor`.
         max_workers: thread count for ``"threads"`` (default :func:`default_workers`).
 
     Yields:
