@@ -125,8 +125,9 @@ class MinimizeResult:
         evaluations: objective evaluations made (forward and backward passes).
         status: why it stopped (:class:`coreopt.Status`).
         wall_time: seconds spent, including device synchronisation.
-        history: loss before each step (``len(history) == steps``, plus the final point when the
-            loop ran to the step limit).
+        history: the loss of every evaluated iterate, the start first; ``len(history) ==
+            steps + 1`` (early stops evaluate the point they stop at; a run to the step limit
+            evaluates the point after its last update).
     """
 
     params: Params
@@ -272,6 +273,10 @@ def minimize(
             history=list(history),
         )
 
+    def _shown(point: list[torch.Tensor]) -> Params:
+        with torch.no_grad():
+            return rebuild(constrained([t.detach() for t in point]))
+
     def record(value: float, index: int, point: list[torch.Tensor]) -> None:
         nonlocal best_loss, best_step, best_raw, last_point
         history.append(value)
@@ -309,9 +314,7 @@ def minimize(
                 bar.set_postfix(loss=f"{value:.4g}", best=f"{best_loss:.4g}", refresh=False)
             bar.update(1)
 
-            if callback is not None and callback(
-                step, value, rebuild(constrained([t.detach() for t in raw]))
-            ):
+            if callback is not None and callback(step, value, _shown(point)):
                 status = Status.STOPPED_BY_CALLBACK
             elif cfg.target is not None and value <= cfg.target:
                 status = Status.TARGET_REACHED
@@ -372,6 +375,7 @@ def _make_optimizer(cfg: MinimizeConfig, params: list[torch.Tensor]) -> torch.op
         params,
         lr=cfg.lr,
         max_iter=1,
+        max_eval=25,  # the default (max_iter * 5 // 4 = 1) leaves the line search no trial point
         line_search_fn="strong_wolfe",
         tolerance_grad=0.0,
         tolerance_change=0.0,

@@ -29,6 +29,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 ExecutorSpec = str | Executor | None
+"""``None`` or ``"threads"`` (in-process threads), ``"ray"``, or a ready ``Executor``."""
 
 
 class RayExecutor(Executor):
@@ -74,6 +75,11 @@ class RayExecutor(Executor):
         self._shutdown = False
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        """Run ``fn(*args, **kwargs)`` as a Ray task and return a future of its result.
+
+        Raises:
+            RuntimeError: the executor was shut down.
+        """
         if self._shutdown:
             raise RuntimeError("cannot submit to a RayExecutor after shutdown()")
         ref = self._remote.remote(fn, *args, **kwargs)
@@ -82,6 +88,10 @@ class RayExecutor(Executor):
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; cancel pending tasks (``cancel_futures``) or wait for them.
+
+        Ray itself is shut down only if this executor started it.
+        """
         self._shutdown = True
         if cancel_futures:
             for ref in self._pending:
