@@ -33,9 +33,16 @@ _LAZY_ATTRS: dict[str, str] = {
     "get_executor": "coreopt.parallel",
     "cayley": "coreopt.manifold",
     "skew": "coreopt.manifold",
+    "orthogonal": "coreopt.manifold",
+    "CayleyConv2d": "coreopt.manifold",
+    "CayleyLinear": "coreopt.manifold",
+    "least_core": "coreopt.game",
+    "aleast_core": "coreopt.game",
+    "LeastCoreConfig": "coreopt.game",
+    "LeastCoreResult": "coreopt.game",
     "Status": "coreopt.status",
 }
-_SUBMODULES = {"objective", "parallel", "manifold", "status", "errors", "cli"}
+_SUBMODULES = {"objective", "parallel", "manifold", "game", "models", "status", "errors", "cli"}
 
 __all__ = ["__version__", *sorted(_LAZY_ATTRS), *sorted(_SUBMODULES)]
 
