@@ -6,7 +6,9 @@ from coreopt.manifold import CayleyLinear
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("fin", "fout"), [(6, 6), (4, 9), (9, 4), (1, 3)])
-def test_weight_is_orthogonal(fin: int, fout: int, dtype: torch.dtype, device: torch.device) -> None:
+def test_weight_is_orthogonal(
+    fin: int, fout: int, dtype: torch.dtype, device: torch.device
+) -> None:
     layer = CayleyLinear(fin, fout, device=device, dtype=dtype)
     Q = layer.orthogonal_weight()
     G = Q.T @ Q if fout >= fin else Q @ Q.T
@@ -24,7 +26,8 @@ def test_gradients_reach_every_parameter_and_alpha_exists_at_init() -> None:
     torch.testing.assert_close(layer.alpha.detach(), layer.weight.detach().norm())
     (layer(torch.randn(4, 5)) ** 3).sum().backward()
     for name, p in layer.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert p.grad is not None, name
+        assert p.grad.abs().sum() > 0, name
 
 
 def test_eval_weight_is_never_stale() -> None:
