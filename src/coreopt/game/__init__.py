@@ -1,0 +1,27 @@
+"""Cooperative games and least-core credit assignment (HiGHS LPs, constraint generation)."""
+
+from coreopt.game import games
+from coreopt.game.coalitions import Players
+from coreopt.game.exact import exact_least_core
+from coreopt.game.games import Game
+from coreopt.game.lp import InfeasibleGameError, LeastCoreLP, LPSolution
+from coreopt.game.oracle import ValueFunctionError, ValueOracle
+from coreopt.game.result import LeastCoreConfig, LeastCoreResult, RoundInfo
+from coreopt.game.solver import aleast_core, least_core
+
+__all__ = [
+    "Game",
+    "InfeasibleGameError",
+    "LPSolution",
+    "LeastCoreConfig",
+    "LeastCoreLP",
+    "LeastCoreResult",
+    "Players",
+    "RoundInfo",
+    "ValueFunctionError",
+    "ValueOracle",
+    "aleast_core",
+    "exact_least_core",
+    "games",
+    "least_core",
+]

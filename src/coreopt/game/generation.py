@@ -1,0 +1,237 @@
+"""Constraint generation against a row source with known values, and the tie-breaking rules.
+
+Used as is by exact mode (the source is the full table) and by approximate mode for its final
+tie-break (the source is every coalition evaluated).
+"""
+
+from __future__ import annotations
+
+import highspy
+import numpy as np
+import numpy.typing as npt
+
+from coreopt.game.coalitions import members
+from coreopt.game.lp import LeastCoreLP, LPSolution
+from coreopt.game.rows import ExplicitRows, TableRows, most_violated, span_residual
+
+Source = TableRows | ExplicitRows
+_INF = highspy.kHighsInf
+
+
+def solve_by_generation(
+    lp: LeastCoreLP, source: Source, *, tol: float, rows_per_round: int, max_rounds: int = 10_000
+) -> tuple[LPSolution, int]:
+    """Re-solve ``lp`` adding the most violated rows of ``source`` until none is violated.
+
+    Returns:
+        The final solution (optimal over every row of ``source``) and the number of LP solves.
+    """
+    if lp.num_rows == 0:
+        # an LP without coalition rows is unbounded: start from the rows of largest excess at
+        # the equal split
+        masks, ex = source.excess(np.full(lp.n, lp.grand_value / lp.n))
+        first = most_violated(masks, ex, -np.inf, rows_per_round, 0.0)
+        if first.size == 0:
+            raise ValueError("no eligible coalition left to constrain the least-core LP")
+        lp.add_rows(first.tolist(), source.value_of(first).tolist())
+    for rounds in range(1, max_rounds + 1):
+        sol = lp.solve()
+        masks, ex = source.excess(sol.x)
+        new = most_violated(masks, ex, sol.epsilon, rows_per_round + lp.num_rows, tol)
+        # rows already in the LP can look violated within HiGHS's feasibility tolerance
+        new = np.array([m for m in new.tolist() if m not in lp][:rows_per_round], dtype=np.int64)
+        if new.size == 0:
+            return sol, rounds
+        lp.add_rows(new.tolist(), source.value_of(new).tolist())
+    raise RuntimeError(f"constraint generation did not converge in {max_rounds} rounds")
+
+
+def egalitarian(
+    source: Source,
+    *,
+    grand_value: float,
+    x_lower: npt.NDArray[np.float64],
+    level: float,
+    seed_masks: npt.NDArray[np.int64],
+    tol: float,
+    rows_per_round: int,
+) -> npt.NDArray[np.float64]:
+    """Minimum-norm payoff in the (relaxed) least core: ``argmin ||x||_2`` s.t.
+    ``x(N) = v(N)``, ``x(S) >= v(S) - level`` for every row of ``source``, and ``x >= x_lower``.
+
+    ``level`` is ``e* + slack``: a small slack keeps the QP strictly feasible when ``e*`` carries
+    rounding error. Solved as a convex QP on HiGHS with constraint generation over ``source``.
+    """
+    n = source.n
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    none_i = np.array([], dtype=np.int32)
+    h.addCols(
+        n,
+        np.zeros(n),
+        x_lower.astype(np.float64),
+        np.full(n, _INF),
+        0,
+        none_i,
+        none_i,
+        np.array([]),
+    )
+    h.addRows(
+        1,
+        np.array([grand_value]),
+        np.array([grand_value]),
+        n,
+        np.array([0], dtype=np.int32),
+        np.arange(n, dtype=np.int32),
+        np.ones(n),
+    )
+    ar = np.arange(n, dtype=np.int32)
+    h.passHessian(n, n, int(highspy.HessianFormat.kTriangular), ar, ar, np.ones(n))
+    present: set[int] = set()
+
+    def add(masks: npt.NDArray[np.int64]) -> None:
+        fresh = [int(m) for m in masks if int(m) not in present]
+        if not fresh:
+            return
+        present.update(fresh)
+        values = source.value_of(np.array(fresh, dtype=np.int64))
+        starts: list[int] = []
+        index: list[int] = []
+        for m in fresh:
+            starts.append(len(index))
+            index.extend(members(m))
+        h.addRows(
+            len(fresh),
+            values - level,
+            np.full(len(fresh), _INF),
+            len(index),
+            np.array(starts, dtype=np.int32),
+            np.array(index, dtype=np.int32),
+            np.ones(len(index)),
+        )
+
+    add(seed_masks)
+    use_highs = True
+    for _ in range(10_000):
+        x = None
+        if use_highs:
+            h.run()
+            if h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+                x = np.asarray(h.getSolution().col_value, dtype=np.float64)[:n]
+            else:  # HiGHS's active-set QP can stall on degenerate rows: switch to cvxpy
+                use_highs = False
+        if x is None:
+            x = _min_norm_cvxpy(
+                n, grand_value, x_lower, np.array(sorted(present), dtype=np.int64), source, level
+            )
+        masks, ex = source.excess(x)
+        new = most_violated(masks, ex, level, rows_per_round + len(present), tol)
+        new = np.array(
+            [m for m in new.tolist() if m not in present][:rows_per_round], dtype=np.int64
+        )
+        if new.size == 0:
+            return x
+        add(new)
+    raise RuntimeError("egalitarian tie-break did not converge")
+
+
+def nucleolus(
+    source: Source,
+    *,
+    grand_value: float,
+    x_lower: npt.NDArray[np.float64],
+    seed_masks: npt.NDArray[np.int64],
+    tol: float,
+    rows_per_round: int,
+    scale: float = 1.0,
+) -> tuple[npt.NDArray[np.float64], list[float]]:
+    """The nucleolus of the game restricted to ``source``'s coalitions, by sequential LPs.
+
+    Stage k minimises the largest excess ``e`` over coalitions not yet fixed, keeping every earlier
+    stage's fixed coalitions at their excess; the rows with positive dual weight are then fixed
+    (they are tight in every optimum), and coalitions whose indicator lies in the span of the fixed
+    ones (their excess is already determined) leave the problem. Each stage adds at least one
+    independent indicator, so at most ``n - 1`` stages run. ``e`` is free in every stage (the
+    proper/all-coalitions convention does not change the nucleolus), except for an artificial
+    lower bound ``-1e3 · n · scale`` that keeps a stage's first restricted LPs bounded; it is never
+    active at a stage optimum of a game with values of magnitude ``scale``.
+
+    Returns:
+        The nucleolus payoff and the excess levels ``e_1 >= e_2 >= ...`` of the stages.
+    """
+    n = source.n
+    fixed_masks: list[int] = []
+    fixed_rhs: list[float] = []
+    levels: list[float] = []
+    indicators = [np.ones(n)]
+    carry = np.asarray(seed_masks, dtype=np.int64)
+    x = np.zeros(n)
+    for _stage in range(n):
+        lp = LeastCoreLP(n, grand_value, lower_bounds=x_lower, epsilon_lower=-1e3 * n * scale)
+        lp.add_fixed_rows(fixed_masks, fixed_rhs)
+        if carry.size:
+            lp.add_rows(carry.tolist(), source.value_of(carry).tolist())
+        sol, _ = solve_by_generation(lp, source, tol=tol, rows_per_round=rows_per_round)
+        x = sol.x
+        levels.append(sol.epsilon)
+        tight = sol.masks[sol.duals > 1e-9]
+        for m in tight.tolist():
+            fixed_masks.append(m)
+            fixed_rhs.append(float(source.value_of(np.array([m]))[0]) - sol.epsilon)
+            indicators.append(_indicator(m, n))
+        F = np.stack(indicators)
+        _, s, vt = np.linalg.svd(F)
+        rank = int((s > 1e-9 * s[0]).sum())
+        if rank >= n:
+            break
+        basis_perp = vt[rank:].T
+        source.exclude(span_residual(source, basis_perp) > 1e-9)
+        keep = [m for m in sol.masks.tolist() if m not in set(fixed_masks)]
+        _, ex = source.excess(x)
+        carry_mask = np.array(keep, dtype=np.int64)
+        # only rows still eligible (not in the fixed span) are carried into the next stage
+        eligible = np.isfinite(_excess_at(source, carry_mask, ex))
+        carry = carry_mask[eligible]
+    return x, levels
+
+
+def _min_norm_cvxpy(
+    n: int,
+    grand_value: float,
+    x_lower: npt.NDArray[np.float64],
+    masks: npt.NDArray[np.int64],
+    source: Source,
+    level: float,
+) -> npt.NDArray[np.float64]:
+    """``argmin ||x||²`` s.t. ``x(N) = v(N)``, ``x(S) >= v(S) - level``, ``x >= x_lower``."""
+    import cvxpy as cp
+
+    from coreopt.game.coalitions import incidence
+
+    x = cp.Variable(n)
+    constraints = [cp.sum(x) == grand_value]
+    if masks.size:
+        constraints.append(incidence(masks, n) @ x >= source.value_of(masks) - level)
+    finite = np.isfinite(x_lower)
+    if finite.any():
+        constraints.append(x[np.flatnonzero(finite)] >= x_lower[finite])
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x)), constraints)
+    problem.solve(solver=cp.CLARABEL)
+    if problem.status not in ("optimal", "optimal_inaccurate") or x.value is None:
+        raise RuntimeError(f"egalitarian tie-break QP failed in cvxpy: {problem.status}")
+    return np.asarray(x.value, dtype=np.float64)
+
+
+def _indicator(mask: int, n: int) -> npt.NDArray[np.float64]:
+    v = np.zeros(n)
+    v[members(mask)] = 1.0
+    return v
+
+
+def _excess_at(
+    source: Source, masks: npt.NDArray[np.int64], ex: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    if isinstance(source, TableRows):
+        return ex[masks]
+    pos = {int(m): i for i, m in enumerate(source.masks.tolist())}
+    return np.array([ex[pos[int(m)]] for m in masks], dtype=np.float64)

@@ -1,0 +1,413 @@
+"""``coreopt.least_core``: least-core credit assignment with as few value calls as possible.
+
+Exact mode evaluates every coalition and solves the LP over the full table (certified optimal).
+Approximate mode is constraint generation (papers.md §1, *reconstructed*): seed rows, solve the
+restricted LP on HiGHS (its value is a certified lower bound on e*), propose coalitions with the
+separation portfolio, evaluate them in one batch, add every evaluated coalition as a row, and stop
+when a round's candidates and fresh uniform probes show no violation, or the budget is spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tqdm.auto import tqdm
+
+from coreopt.game.coalitions import MAX_VECTOR_PLAYERS, Players, all_masks
+from coreopt.game.exact import apply_tie_break, build_result, make_lp, solve_table
+from coreopt.game.oracle import ValueFn, ValueOracle
+from coreopt.game.result import LeastCoreConfig, LeastCoreResult, RoundInfo
+from coreopt.game.rows import ExplicitRows
+from coreopt.game.separation import (
+    best_by_mincut,
+    fit_surrogate,
+    local_search,
+    random_masks,
+    top_by_enumeration,
+    top_by_milp,
+)
+from coreopt.status import Status
+
+logger = logging.getLogger("coreopt.game")
+
+AUTO_EXACT_MAX_N = 10
+"""Without a budget, ``mode="auto"`` evaluates every coalition only up to this many players."""
+
+
+def least_core(
+    value_fn: ValueFn,
+    players: int | Sequence[Hashable],
+    budget: int | None = None,
+    config: LeastCoreConfig | None = None,
+    *,
+    known_values: Mapping[Iterable[Hashable], float] | None = None,
+    **overrides: Any,
+) -> LeastCoreResult:
+    """Least-core payoff of the game ``value_fn`` over ``players``.
+
+    Solves ``min e  s.t.  x(S) + e >= v(S)`` for every proper coalition S, ``x(N) = v(N)``,
+    evaluating ``v`` as few times as possible.
+
+    Args:
+        value_fn: ``v(coalition) -> float`` where ``coalition`` is a ``frozenset`` of labels; may
+            be ``async def``; may be expensive (an LLM query). Called at most once per coalition.
+        players: an int ``n`` (players ``0..n-1``) or a sequence of distinct hashable labels.
+        budget: maximum value calls. ``mode="auto"`` evaluates every coalition when ``2^n - 1``
+            calls fit (or ``n <= 10`` without a budget), else runs constraint generation.
+        config: a :class:`LeastCoreConfig`; keyword ``overrides`` replace its fields.
+        known_values: values already paid for, ``{coalition: value}`` (e.g. ``err.values`` of a
+            failed run); they are used without calling ``value_fn`` and not counted.
+
+    Returns:
+        A :class:`LeastCoreResult`: ``payoff``, ``x``, the bounds ``epsilon`` (certified lower
+        bound on e*) and ``epsilon_upper`` (largest excess of the payoff over every coalition
+        evaluated), ``exact``, ``value_calls``, ``status`` and the per-round ``history``.
+
+    Raises:
+        ValueError: bad players/options, or a budget too small for ``v(N)`` and the singletons.
+        ValueFunctionError: ``value_fn`` kept failing (retries exhausted); ``err.values`` keeps
+            every value paid for.
+        NonFiniteError: ``value_fn`` returned NaN or infinity.
+
+    Examples:
+        >>> import coreopt
+        >>> from coreopt.game import games
+        >>> res = coreopt.least_core(games.glove(1, 1), 2, progress=False)
+        >>> res.payoff, res.epsilon, res.exact
+        ({0: 0.5, 1: 0.5}, -0.5, True)
+    """
+    cfg = (
+        dataclasses.replace(config or LeastCoreConfig(), budget=budget, **overrides)
+        if (budget is not None or config is None)
+        else dataclasses.replace(config, **overrides)
+    )
+    return _solve(value_fn, players, cfg, known_values, loop=None)
+
+
+async def aleast_core(
+    value_fn: ValueFn,
+    players: int | Sequence[Hashable],
+    budget: int | None = None,
+    config: LeastCoreConfig | None = None,
+    *,
+    known_values: Mapping[Iterable[Hashable], float] | None = None,
+    **overrides: Any,
+) -> LeastCoreResult:
+    """Async :func:`least_core`: ``await coreopt.aleast_core(...)`` inside a running event loop.
+
+    The LP work runs in a worker thread; ``async`` value calls run on the caller's loop (so
+    clients bound to that loop keep working) and never block it.
+    """
+    cfg = (
+        dataclasses.replace(config or LeastCoreConfig(), budget=budget, **overrides)
+        if (budget is not None or config is None)
+        else dataclasses.replace(config, **overrides)
+    )
+    loop = asyncio.get_running_loop()
+    return await asyncio.to_thread(_solve, value_fn, players, cfg, known_values, loop)
+
+
+def _solve(
+    value_fn: ValueFn,
+    players_arg: int | Sequence[Hashable],
+    cfg: LeastCoreConfig,
+    known_values: Mapping[Iterable[Hashable], float] | None,
+    loop: asyncio.AbstractEventLoop | None,
+) -> LeastCoreResult:
+    t0 = time.perf_counter()
+    players = Players(players_arg)
+    n = players.n
+    if n > MAX_VECTOR_PLAYERS:
+        raise ValueError(f"at most {MAX_VECTOR_PLAYERS} players are supported, got {n}")
+    grand = players.grand
+    needed_exact = (1 << n) - 1 + (1 if cfg.normalize else 0)
+    minimum = 1 + n + (1 if cfg.normalize else 0)
+    if cfg.budget is not None and cfg.budget < minimum and n > 1:
+        raise ValueError(
+            f"budget={cfg.budget} is too small: v(N), the {n} singletons"
+            + (" and v(∅) (normalize=True)" if cfg.normalize else "")
+            + f" need {minimum} calls before any LP can be solved"
+        )
+    mode = cfg.mode
+    if mode == "auto":
+        fits = cfg.budget is not None and needed_exact <= cfg.budget
+        mode = "exact" if fits or (cfg.budget is None and n <= AUTO_EXACT_MAX_N) else "approximate"
+    if mode == "exact" and cfg.budget is not None and needed_exact > cfg.budget:
+        raise ValueError(
+            f"mode='exact' needs {needed_exact} value calls but budget={cfg.budget}; raise the "
+            "budget or use mode='approximate'"
+        )
+    oracle = ValueOracle(
+        value_fn,
+        players,
+        budget=cfg.budget,
+        retries=cfg.retries,
+        retry_delay=cfg.retry_delay,
+        max_concurrency=cfg.max_concurrency,
+        known_values=known_values,
+        loop=loop,
+    )
+    if mode == "exact" or n == 1:
+        return _exact(oracle, players, cfg, t0)
+    return _approximate(oracle, players, cfg, t0, grand)
+
+
+def _exact(
+    oracle: ValueOracle, players: Players, cfg: LeastCoreConfig, t0: float
+) -> LeastCoreResult:
+    masks = all_masks(players.n)
+    wanted = masks if cfg.normalize else masks[1:]
+    bar = tqdm(
+        total=len(wanted), desc="least core (exact): value calls", disable=_disabled(cfg.progress)
+    )
+    try:
+        chunk = max(cfg.max_concurrency * 4, 64)
+        for start in range(0, len(wanted), chunk):
+            got = oracle.evaluate(wanted[start : start + chunk].tolist())
+            bar.update(len(got))
+    finally:
+        bar.close()
+    table = np.zeros(1 << players.n)
+    for m, v in oracle.cache.items():
+        table[m] = v
+    return solve_table(
+        table, players, cfg, value_calls=oracle.calls, value_seconds=oracle.seconds, start=t0
+    )
+
+
+def _approximate(
+    oracle: ValueOracle, players: Players, cfg: LeastCoreConfig, t0: float, grand: int
+) -> LeastCoreResult:
+    n = players.n
+    rng = np.random.default_rng(cfg.seed)
+    # -- seeding: v(N) (and v(∅)), singletons always, then the configured strategies ---------------
+    first = [grand] + ([0] if cfg.normalize else []) + [1 << i for i in range(n)]
+    oracle.evaluate(first)
+    if any(m not in oracle for m in first):  # pragma: no cover - guarded by the budget check
+        raise ValueError("the budget ran out before v(N) and the singletons were evaluated")
+    seeds: list[int] = []
+    if "leave_one_out" in cfg.seeds:
+        seeds += [grand ^ (1 << i) for i in range(n)]
+    if "complementary_pairs" in cfg.seeds:
+        for m in random_masks(rng, n, cfg.complementary_pairs):
+            seeds += [m, grand ^ m]
+    seeds += [players.mask(c) for c in cfg.seed_coalitions]
+    seeds = [m for m in seeds if m not in (0, grand)]
+    oracle.evaluate(seeds)
+
+    offset = oracle.cache[0] if cfg.normalize else 0.0
+
+    def value(m: int) -> float:
+        return oracle.cache[m] - offset
+
+    lp = make_lp(
+        n,
+        value(grand),
+        cfg,
+        np.array([value(1 << i) for i in range(n)]) if cfg.imputation else None,
+    )
+    in_lp: set[int] = set()
+
+    def sync_rows() -> None:
+        new = [m for m in oracle.cache if m not in in_lp and m not in (0, grand)]
+        lp.add_rows(new, [value(m) for m in new])
+        in_lp.update(new)
+
+    sync_rows()
+    scale = max(1.0, max(abs(v) for v in oracle.cache.values()))
+    tol = cfg.tol * scale
+    history: list[RoundInfo] = []
+    probe_log: list[int] = []  # every uniform probe drawn (for the violation-rate estimate)
+    last_probes: list[int] = []
+    frontier: list[int] = []  # violated coalitions of the last round: local search starts there
+    lp_rounds = 0
+    t_lp = t_sep = 0.0
+    status = Status.MAX_ITERATIONS
+    bar = tqdm(total=cfg.budget, desc="least core: value calls", disable=_disabled(cfg.progress))
+    bar.update(oracle.calls)
+
+    slack = cfg.tie_slack * scale if cfg.tie_break else 0.0
+
+    def payoff(sol: Any) -> tuple[npt.NDArray[np.float64], list[float]]:
+        """The payoff to return for ``sol``: the tie-break is applied inside the loop, so that the
+        payoff returned is the one separation has checked."""
+        if cfg.tie_break is None:
+            return sol.x, []
+        evaluated = np.array([m for m in oracle.cache if m not in (0, grand)], dtype=np.int64)
+        vals = np.array([value(int(m)) for m in evaluated])
+        return apply_tie_break(sol, lp, lambda: ExplicitRows(n, evaluated, vals), cfg, scale, tol)
+
+    def check(masks: list[int], x: Any, level: float) -> tuple[list[int], bool]:
+        """Evaluate ``masks``; return those with excess above ``level`` (most violated first)
+        and whether all of them could be evaluated within the budget."""
+        before = oracle.calls
+        oracle.evaluate(masks)
+        bar.update(oracle.calls - before)
+        done = [m for m in dict.fromkeys(masks) if m in oracle]
+        ex = np.array([value(m) for m in done]) - _coalition_sums(x, done, n)
+        order = np.argsort(-ex, kind="stable")
+        bad = [done[i] for i in order if ex[i] > level + tol]
+        return bad, len(done) == len(set(masks))
+
+    try:
+        for rnd in range(cfg.max_rounds):
+            ts = time.perf_counter()
+            sol = lp.solve()
+            lp_rounds += 1
+            t_lp += time.perf_counter() - ts
+            if oracle.remaining == 0:
+                status = Status.BUDGET_EXHAUSTED
+                break
+            ts = time.perf_counter()
+            x_cur, _ = payoff(sol)
+            level = sol.epsilon + slack
+            candidates = _propose(oracle, sol, x_cur, cfg, n, value, frontier)
+            probes = random_masks(rng, n, cfg.probes) if "probes" in cfg.oracles else []
+            t_sep += time.perf_counter() - ts
+            found, checked_all = check(candidates + probes, x_cur, level)
+            probe_log += [m for m in probes if m in oracle]
+            last_probes = [m for m in probes if m in oracle]
+            if not found and checked_all and cfg.confirm_probes and oracle.remaining != 0:
+                confirm = random_masks(rng, n, cfg.confirm_probes)
+                found, checked_all = check(confirm, x_cur, level)
+                probe_log += [m for m in confirm if m in oracle]
+                last_probes = [m for m in confirm if m in oracle]
+            violated = len(found)
+            frontier = found[: cfg.batch_size]
+            sync_rows()
+            history.append(
+                RoundInfo(
+                    rnd, oracle.calls, sol.epsilon, lp.num_rows, violated, time.perf_counter() - t0
+                )
+            )
+            bar.set_postfix(round=rnd, eps=f"{sol.epsilon:.5g}", violated=violated, refresh=False)
+            if violated == 0 and checked_all:
+                status = Status.CONVERGED
+                break
+            if oracle.remaining == 0:
+                status = Status.BUDGET_EXHAUSTED
+        ts = time.perf_counter()
+        sol = lp.solve()
+        lp_rounds += 1
+        t_lp += time.perf_counter() - ts
+    finally:
+        bar.close()
+
+    evaluated = np.array([m for m in oracle.cache if m not in (0, grand)], dtype=np.int64)
+    vals = np.array([value(int(m)) for m in evaluated])
+    x, levels = payoff(sol)
+    excess = vals - _coalition_sums(x, evaluated.tolist(), n)
+    upper = float(excess.max())
+    if not cfg.proper:
+        upper = max(upper, 0.0)
+    probe_excess = None
+    if last_probes:
+        probe_excess = float(
+            max(
+                value(m) - s
+                for m, s in zip(last_probes, _coalition_sums(x, last_probes, n), strict=True)
+            )
+        )
+    violation_rate = None
+    if probe_log:
+        over = sum(
+            1
+            for m, s in zip(probe_log, _coalition_sums(x, probe_log, n), strict=True)
+            if value(m) - s > sol.epsilon + slack + tol
+        )
+        violation_rate = _clopper_pearson_upper(over, len(probe_log))
+    total = time.perf_counter() - t0
+    logger.info(
+        "least_core: %s after %d calls, eps in [%.6g, %.6g]",
+        status.value,
+        oracle.calls,
+        sol.epsilon,
+        upper,
+    )
+    return build_result(
+        players,
+        x,
+        sol,
+        upper,
+        exact=False,
+        value_calls=oracle.calls,
+        lp_rounds=lp_rounds,
+        status=status,
+        mode="approximate",
+        cfg=cfg,
+        levels=levels,
+        history=history,
+        timings={"value": oracle.seconds, "lp": t_lp, "separation": t_sep, "total": total},
+        probe_excess=probe_excess,
+        violation_rate=violation_rate,
+    )
+
+
+def _propose(
+    oracle: ValueOracle,
+    sol: Any,
+    x: npt.NDArray[np.float64],
+    cfg: LeastCoreConfig,
+    n: int,
+    value: Any,
+    frontier: list[int],
+) -> list[int]:
+    """Candidate coalitions for this round, best first, none evaluated yet."""
+    known = set(oracle.cache)
+    out: list[int] = []
+    surrogate = None
+    if "surrogate" in cfg.oracles or "local_search" in cfg.oracles:
+        masks = np.array([m for m in oracle.cache if m != 0], dtype=np.int64)
+        vals = np.array([value(int(m)) for m in masks])
+        surrogate = fit_surrogate(masks, vals, n, kind=cfg.surrogate)
+    if "surrogate" in cfg.oracles and surrogate is not None:
+        solver = cfg.surrogate_solver
+        if solver == "auto":
+            solver = "enumerate" if n <= cfg.enumerate_max_n else "mincut"
+        if solver == "enumerate":
+            out += top_by_enumeration(surrogate, x, cfg.batch_size, known)
+        else:
+            best = best_by_mincut(surrogate, x) if solver == "mincut" else None
+            if best is not None and best not in known:
+                out.append(best)
+            if best is None or cfg.surrogate_solver == "milp":
+                out += top_by_milp(surrogate, x, max(1, cfg.batch_size // 2), known | set(out))
+    if "local_search" in cfg.oracles:
+        tight = [int(m) for m in sol.masks[sol.duals > 1e-9]]
+        flips = local_search(frontier + tight, n, known | set(out))
+        if flips and surrogate is not None:
+            pred = surrogate.predict(np.array(flips, dtype=np.int64)) - _coalition_sums(x, flips, n)
+            order = np.argsort(-pred, kind="stable")
+            flips = [flips[i] for i in order]
+        out += flips[: cfg.batch_size]
+    return list(dict.fromkeys(out))
+
+
+def _coalition_sums(
+    x: npt.NDArray[np.float64], masks: list[int], n: int
+) -> npt.NDArray[np.float64]:
+    if not masks:
+        return np.zeros(0)
+    from coreopt.game.coalitions import incidence
+
+    return incidence(np.asarray(masks, dtype=np.int64), n) @ x
+
+
+def _clopper_pearson_upper(k: int, m: int, confidence: float = 0.95) -> float:
+    """One-sided upper confidence bound on a binomial proportion (k successes in m trials)."""
+    if k >= m:
+        return 1.0
+    from scipy.special import betaincinv
+
+    return float(betaincinv(k + 1, m - k, confidence))
+
+
+def _disabled(progress: bool | None) -> bool | None:
+    return None if progress is None else not progress
