@@ -1,0 +1,54 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from coreopt.game.coalitions import Players, incidence, members, popcounts, subset_sums
+
+
+def test_players_from_int_and_labels() -> None:
+    p = Players(3)
+    assert p.labels == (0, 1, 2)
+    assert p.grand == 0b111
+    q = Players(["a", "b", "c"])
+    assert q.mask({"a", "c"}) == 0b101
+    assert q.coalition(0b110) == frozenset({"b", "c"})
+
+
+@pytest.mark.parametrize(
+    ("players", "error", "match"),
+    [
+        ([], ValueError, "empty"),
+        (0, ValueError, "positive"),
+        (["a", "a"], ValueError, "duplicate"),
+        ([["unhashable"]], TypeError, "hashable"),
+        (True, TypeError, "bool"),
+        ("abc", TypeError, "sequence"),
+    ],
+)
+def test_bad_players(players: object, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        Players(players)  # type: ignore[arg-type]
+
+
+def test_unknown_label_is_named() -> None:
+    with pytest.raises(KeyError, match="zed"):
+        Players(["a"]).mask({"zed"})
+
+
+def test_subset_sums_and_popcounts_match_brute_force() -> None:
+    x = np.array([0.5, -1.0, 2.0, 3.25])
+    sums = subset_sums(x)
+    sizes = popcounts(4)
+    for mask in range(16):
+        assert sums[mask] == pytest.approx(sum(x[i] for i in members(mask)))
+        assert sizes[mask] == len(members(mask))
+    np.testing.assert_allclose(incidence(np.arange(16), 4) @ x, sums)
+
+
+def test_members_and_incidence() -> None:
+    assert members(0b1011) == [0, 1, 3]
+    inc = incidence([0b101, 0b010], 3)
+    np.testing.assert_array_equal(inc, [[1, 0, 1], [0, 1, 0]])
+    for combo in itertools.combinations(range(5), 2):
+        assert members(sum(1 << i for i in combo)) == list(combo)
