@@ -20,15 +20,16 @@ ORACLES = ("surrogate", "local_search", "probes")
 class LeastCoreConfig:
     """Options of :func:`coreopt.least_core`. Validated on construction.
 
-    Conventions (papers.md §1: tools differ, so each is explicit):
+    ``proper``, ``nonnegative``, ``imputation`` and ``normalize`` are the conventions of the LP
+    (papers.md §1: tools differ, so each is explicit); the other fields tune the solver.
+
+    Attributes:
         proper: constraints on proper coalitions only (default). ``False`` adds the grand
             coalition's row ``x(N) + e >= v(N)``, i.e. forces ``e >= 0``.
         nonnegative: payments ``x_i >= 0``.
         imputation: payments ``x_i >= v({i})`` (individual rationality).
         normalize: subtract ``v(∅)`` from every value (an LLM answers something with no sources);
             costs one extra call.
-
-    Solver:
         budget: maximum number of value calls (``None``: unlimited). Exact mode is chosen when
             every coalition fits in it.
         mode: ``"auto"``, ``"exact"`` (evaluate all ``2^n - 1`` coalitions, certified optimal) or
@@ -46,6 +47,9 @@ class LeastCoreConfig:
             coalitions and of last round's violated ones, ranked by the surrogate), ``"probes"``
             (uniform random coalitions).
         surrogate: ``"quadratic"`` (pairwise) or ``"linear"``.
+        surrogate_focus: the surrogate's least-squares weights are
+            ``exp(clip((excess - max excess) / std(excess), -focus, 0))``: coalitions near tight
+            count up to ``e^focus`` times more than far ones (``0``: unweighted fit).
         surrogate_solver: how the surrogate is maximised: ``"auto"`` (enumeration for
             n <= ``enumerate_max_n``, else min-cut when supermodular, else MILP), ``"enumerate"``,
             ``"milp"`` or ``"mincut"``.
@@ -54,7 +58,9 @@ class LeastCoreConfig:
         probes: uniform probes per round.
         confirm_probes: when a round's candidates and probes show no violation, this many fresh
             uniform probes must also show none before stopping (a PAC-style check: 300 clean
-            probes bound the violated fraction by 1% at 95% confidence). ``0`` stops at once.
+            probes bound the violated fraction by 1% at 95% confidence). ``0`` skips it.
+        clean_rounds: consecutive rounds without any violation required to stop (each round
+            refits the surrogate and searches again; rare violations are found by the next).
         max_rounds: cap on constraint-generation rounds.
         rows_per_round: violated rows added per LP round in exact mode.
         retries: retries of a failing value call (exponential backoff from ``retry_delay`` s).
@@ -77,6 +83,8 @@ class LeastCoreConfig:
     complementary_pairs: int = 8
     oracles: tuple[str, ...] = ORACLES
     surrogate: Literal["quadratic", "linear"] = "quadratic"
+    surrogate_focus: float = 0.0
+    clean_rounds: int = 1
     surrogate_solver: Literal["auto", "enumerate", "milp", "mincut"] = "auto"
     enumerate_max_n: int = 20
     batch_size: int = 32
@@ -109,13 +117,19 @@ class LeastCoreConfig:
             raise ValueError(f"surrogate={self.surrogate!r}; expected 'quadratic' or 'linear'")
         if self.surrogate_solver not in ("auto", "enumerate", "milp", "mincut"):
             raise ValueError(f"surrogate_solver={self.surrogate_solver!r} is unknown")
-        for name in ("batch_size", "max_rounds", "rows_per_round", "max_concurrency"):
+        for name in (
+            "batch_size",
+            "max_rounds",
+            "rows_per_round",
+            "max_concurrency",
+            "clean_rounds",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("probes", "confirm_probes", "retries", "complementary_pairs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("tol", "tie_slack", "retry_delay"):
+        for name in ("tol", "tie_slack", "retry_delay", "surrogate_focus"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -126,9 +140,10 @@ class RoundInfo:
     """One round of constraint generation.
 
     Attributes:
-        round: index (0 is the seeding round).
+        round: index (round 0 also makes the seeding calls).
         calls: value calls made so far (cumulative).
-        epsilon: restricted LP value after the round.
+        epsilon: value of the restricted LP solved at the start of the round (over the rows of
+            earlier rounds), against which the round's candidates were checked.
         rows: LP rows after the round.
         violations: evaluated candidates and probes found violated in this round.
         seconds: wall time since the start.
@@ -168,7 +183,7 @@ class LeastCoreResult:
         tight: coalitions with positive dual weight (the balancing collection certifying
             ``epsilon``), as frozensets of labels.
         duals: their dual weights, aligned with ``tight`` (they sum to 1 when ``e`` is free).
-        levels: nucleolus stage levels ``e_1 <= e_2 <= ...`` (nucleolus only).
+        levels: nucleolus stage levels ``e_1 >= e_2 >= ...`` (nucleolus only).
         history: one :class:`RoundInfo` per round.
         timings: seconds spent in ``value`` calls, ``lp`` solves, ``separation`` and ``total``.
     """

@@ -58,6 +58,7 @@ def fit_surrogate(
     n: int,
     kind: str = "quadratic",
     ridge: float = 1e-6,
+    weights: npt.NDArray[np.float64] | None = None,
 ) -> Surrogate:
     """Ridge least-squares fit of a linear or pairwise surrogate on evaluated coalitions.
 
@@ -68,6 +69,7 @@ def fit_surrogate(
         kind: ``"linear"`` or ``"quadratic"``.
         ridge: Tikhonov weight relative to the mean squared feature norm; keeps an
             under-determined quadratic fit (``R < n(n+1)/2 + 1``) well posed.
+        weights: per-coalition weights of the squared errors (``None``: uniform).
     """
     inc = incidence(masks, n)
     iu = np.triu_indices(n, 1)
@@ -76,11 +78,12 @@ def fit_surrogate(
         feats.append(inc[:, iu[0]] * inc[:, iu[1]])
     X = np.concatenate(feats, axis=1)
     # Normal equations (features are few: n(n+1)/2 + 1), ridge on all but the intercept.
-    gram = X.T @ X
+    Xw = X if weights is None else X * weights[:, None]
+    gram = Xw.T @ X
     lam = ridge * max(1.0, float(np.trace(gram)) / X.shape[1])
     penalty = np.full(X.shape[1], lam)
     penalty[0] = 0.0
-    coef = np.linalg.solve(gram + np.diag(penalty) + 1e-12 * np.eye(X.shape[1]), X.T @ values)
+    coef = np.linalg.solve(gram + np.diag(penalty) + 1e-12 * np.eye(X.shape[1]), Xw.T @ values)
     b = np.zeros((n, n))
     if kind == "quadratic":
         b[iu] = coef[1 + n :]

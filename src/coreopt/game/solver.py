@@ -227,6 +227,7 @@ def _approximate(
     probe_log: list[int] = []  # every uniform probe drawn (for the violation-rate estimate)
     last_probes: list[int] = []
     frontier: list[int] = []  # violated coalitions of the last round: local search starts there
+    clean = 0  # consecutive rounds without a violation
     lp_rounds = 0
     t_lp = t_sep = 0.0
     status = Status.MAX_ITERATIONS
@@ -288,7 +289,8 @@ def _approximate(
                 )
             )
             bar.set_postfix(round=rnd, eps=f"{sol.epsilon:.5g}", violated=violated, refresh=False)
-            if violated == 0 and checked_all:
+            clean = clean + 1 if violated == 0 and checked_all else 0
+            if clean >= cfg.clean_rounds:
                 status = Status.CONVERGED
                 break
             if oracle.remaining == 0:
@@ -366,7 +368,12 @@ def _propose(
     if "surrogate" in cfg.oracles or "local_search" in cfg.oracles:
         masks = np.array([m for m in oracle.cache if m != 0], dtype=np.int64)
         vals = np.array([value(int(m)) for m in masks])
-        surrogate = fit_surrogate(masks, vals, n, kind=cfg.surrogate)
+        # Weighted fit (reconstructed choice): the surrogate only has to be right where the
+        # excess v(S) - x(S) is high, so coalitions are weighted by how close they are to tight.
+        excess = vals - _coalition_sums(x, masks.tolist(), n)
+        spread = max(float(np.std(excess)), 1e-12)
+        weights = np.exp(np.clip((excess - excess.max()) / spread, -cfg.surrogate_focus, 0.0))
+        surrogate = fit_surrogate(masks, vals, n, kind=cfg.surrogate, weights=weights)
     if "surrogate" in cfg.oracles and surrogate is not None:
         solver = cfg.surrogate_solver
         if solver == "auto":
