@@ -180,22 +180,25 @@ class ValueOracle:
                 self._store(m, self._call_sync(m))
             return
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(todo))) as pool:
-            futures = {m: pool.submit(self._call_sync, m) for m in todo}
-            error: BaseException | None = None
-            for m, fut in futures.items():  # keep every success, then raise the first failure
-                try:
-                    value = fut.result()
-                except BaseException as exc:
-                    error = error or exc
-                    continue
-                try:
-                    self._store(m, value)
-                except BaseException as exc:
-                    error = error or exc
-            if error is not None:
-                if isinstance(error, ValueFunctionError):
-                    error.values = self.values
-                raise error
+            futures = [pool.submit(self._call_sync, m) for m in todo]
+            outcomes = [f.exception() or f.result() for f in futures]
+        self._store_all(todo, outcomes)
+
+    def _store_all(self, todo: list[int], outcomes: list[Any]) -> None:
+        """Keep every successful value, then raise the first failure (with all values paid)."""
+        error: BaseException | None = None
+        for m, value in zip(todo, outcomes, strict=True):
+            if isinstance(value, BaseException):
+                error = error or value
+                continue
+            try:
+                self._store(m, value)
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            if isinstance(error, ValueFunctionError):
+                error.values = self.values
+            raise error
 
     async def _call_async(self, mask: int, sem: asyncio.Semaphore) -> Any:
         coalition = self.players.coalition(mask)
@@ -220,19 +223,7 @@ class ValueOracle:
             results = asyncio.run_coroutine_threadsafe(self._batch(todo), self.loop).result()
         else:
             results = _run_in_fresh_loop(lambda: self._batch(todo))
-        error: BaseException | None = None
-        for m, value in zip(todo, results, strict=True):
-            if isinstance(value, BaseException):
-                error = error or value
-                continue
-            try:
-                self._store(m, value)
-            except BaseException as exc:
-                error = error or exc
-        if error is not None:
-            if isinstance(error, ValueFunctionError):
-                error.values = self.values
-            raise error
+        self._store_all(todo, results)
 
 
 def _run_in_fresh_loop(make: Callable[[], Awaitable[Any]]) -> Any:

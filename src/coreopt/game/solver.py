@@ -83,11 +83,7 @@ def least_core(
         >>> res.payoff, res.epsilon, res.exact
         ({0: 0.5, 1: 0.5}, -0.5, True)
     """
-    cfg = (
-        dataclasses.replace(config or LeastCoreConfig(), budget=budget, **overrides)
-        if (budget is not None or config is None)
-        else dataclasses.replace(config, **overrides)
-    )
+    cfg = _merge_config(config, budget, overrides)
     return _solve(value_fn, players, cfg, known_values, loop=None)
 
 
@@ -105,13 +101,18 @@ async def aleast_core(
     The LP work runs in a worker thread; ``async`` value calls run on the caller's loop (so
     clients bound to that loop keep working) and never block it.
     """
-    cfg = (
-        dataclasses.replace(config or LeastCoreConfig(), budget=budget, **overrides)
-        if (budget is not None or config is None)
-        else dataclasses.replace(config, **overrides)
-    )
+    cfg = _merge_config(config, budget, overrides)
     loop = asyncio.get_running_loop()
     return await asyncio.to_thread(_solve, value_fn, players, cfg, known_values, loop)
+
+
+def _merge_config(
+    config: LeastCoreConfig | None, budget: int | None, overrides: dict[str, Any]
+) -> LeastCoreConfig:
+    """``config`` with ``budget`` (when given) and keyword overrides applied."""
+    if budget is not None:
+        overrides = {**overrides, "budget": budget}
+    return dataclasses.replace(config or LeastCoreConfig(), **overrides)
 
 
 def _solve(
