@@ -37,3 +37,19 @@ class BackendNotInstalledError(CoreoptError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+
+class BudgetExhaustedError(CoreoptError, RuntimeError):
+    """A call or token budget ran out (for example an LLM client's).
+
+    A value function may raise it: :func:`coreopt.least_core` then stops gracefully and returns
+    the partial result over every value paid for, with ``status=Status.BUDGET_EXHAUSTED``.
+
+    Attributes:
+        values: every value paid for so far, ``{frozenset: float}``, when the solver re-raises it
+            (too few values for any LP); pass it back as ``known_values=`` to resume.
+    """
+
+    def __init__(self, message: str, values: dict[Any, float] | None = None) -> None:
+        super().__init__(message)
+        self.values: dict[Any, float] = dict(values or {})

@@ -60,16 +60,15 @@ def egalitarian(
     ``x(N) = v(N)``, ``x(S) >= v(S) - level`` for every row of ``source``, and ``x >= x_lower``.
 
     ``level`` is ``e* + slack``: a small slack keeps the QP strictly feasible when ``e*`` carries
-    rounding error. Each round solves the QP on the rows found so far with cvxpy (Clarabel, an
-    interior-point method: HiGHS's active-set QP was seen to stop at 1e-5 infeasibility on these
-    degenerate problems), polishes it on its active set to machine precision, and adds the rows
-    of ``source`` it violates, until none is violated.
+    rounding error. Each round solves the QP on the rows found so far (:func:`_min_norm`: cvxpy's
+    Clarabel, an interior-point method, since HiGHS's active-set QP was seen to stop at 1e-5
+    infeasibility on these degenerate problems; then polished on its active set to machine
+    precision), and adds the rows of ``source`` it violates, until none is violated.
     """
     present: set[int] = {int(m) for m in np.asarray(seed_masks).tolist()}
     for _ in range(10_000):
         masks = np.array(sorted(present), dtype=np.int64)
-        x = _min_norm_cvxpy(source.n, grand_value, x_lower, masks, source, level)
-        x = _polish(x, source, present, grand_value, x_lower, level, tol)
+        x = _min_norm(source.n, grand_value, x_lower, masks, source, level, tol)
         all_masks, ex = source.excess(x)
         new = most_violated(all_masks, ex, level, rows_per_round + len(present), tol)
         fresh = [m for m in new.tolist() if m not in present][:rows_per_round]
@@ -139,70 +138,76 @@ def nucleolus(
     return x, levels
 
 
-def _polish(
-    x: npt.NDArray[np.float64],
-    source: Source,
-    present: set[int],
-    grand_value: float,
-    x_lower: npt.NDArray[np.float64],
-    level: float,
-    tol: float,
-) -> npt.NDArray[np.float64]:
-    """Refine a QP solution to machine precision on its active set.
-
-    QP solvers stop at ~1e-7 relative tolerances, which leaves ``x`` off by ~1e-6. Given the active
-    constraints (rows and bounds within 1e-8 of tight), the minimum-norm point of the equality
-    system ``A x = b`` is ``A^T λ`` with ``(A A^T) λ = b``; it is kept when it is feasible and its
-    multipliers on the inequality rows are non-negative (the KKT conditions), else ``x`` is returned
-    unchanged.
-    """
-    n = x.shape[0]
-    masks = np.array(sorted(present), dtype=np.int64)
-    from coreopt.game.coalitions import incidence
-
-    inc = incidence(masks, n) if masks.size else np.zeros((0, n))
-    rhs = source.value_of(masks) - level if masks.size else np.zeros(0)
-    loose = 1e-8 * max(1.0, float(np.abs(x).max()))
-    act_rows = np.flatnonzero(inc @ x - rhs <= loose)
-    act_bounds = np.flatnonzero(np.isfinite(x_lower) & (x - x_lower <= loose))
-    A = np.vstack([np.ones((1, n)), inc[act_rows], np.eye(n)[act_bounds]])
-    b = np.concatenate([[grand_value], rhs[act_rows], x_lower[act_bounds]])
-    lam, *_ = np.linalg.lstsq(A @ A.T, b, rcond=None)
-    polished = A.T @ lam
-    feasible = (
-        abs(polished.sum() - grand_value) <= tol
-        and (inc.shape[0] == 0 or float((rhs - inc @ polished).max()) <= tol)
-        and bool(np.all(polished >= x_lower - tol))
-        and bool(np.all(lam[1:] >= -1e-9 * max(1.0, float(np.abs(lam).max()))))
-    )
-    return polished if feasible else x
-
-
-def _min_norm_cvxpy(
+def _min_norm(
     n: int,
     grand_value: float,
     x_lower: npt.NDArray[np.float64],
     masks: npt.NDArray[np.int64],
     source: Source,
     level: float,
+    tol: float,
 ) -> npt.NDArray[np.float64]:
-    """``argmin ||x||²`` s.t. ``x(N) = v(N)``, ``x(S) >= v(S) - level``, ``x >= x_lower``."""
+    """``argmin ||x||²`` s.t. ``x(N) = v(N)``, ``x(S) >= v(S) - level``, ``x >= x_lower``.
+
+    Solved by cvxpy/Clarabel (interior point, ~1e-8 accurate), then polished to machine precision
+    by a primal active-set pass guided by its multipliers: the minimum-norm point of an equality
+    system is ``x = A^T λ`` with ``(A A^T) λ = b``; it is the exact optimum when it is feasible
+    with ``λ >= 0`` on the inequalities (the KKT conditions). When the pass cannot certify that,
+    the interior-point solution is returned.
+    """
     import cvxpy as cp
 
     from coreopt.game.coalitions import incidence
 
+    inc = incidence(masks, n) if masks.size else np.zeros((0, n))
+    rhs = source.value_of(masks) - level if masks.size else np.zeros(0)
+    bounded = np.flatnonzero(np.isfinite(x_lower))
     x = cp.Variable(n)
-    constraints = [cp.sum(x) == grand_value]
-    if masks.size:
-        constraints.append(incidence(masks, n) @ x >= source.value_of(masks) - level)
-    finite = np.isfinite(x_lower)
-    if finite.any():
-        constraints.append(x[np.flatnonzero(finite)] >= x_lower[finite])
+    rows = inc @ x >= rhs
+    bounds = x[bounded] >= x_lower[bounded]
+    constraints = [cp.sum(x) == grand_value, rows] + ([bounds] if bounded.size else [])
     problem = cp.Problem(cp.Minimize(cp.sum_squares(x)), constraints)
     problem.solve(solver=cp.CLARABEL)
     if problem.status not in ("optimal", "optimal_inaccurate") or x.value is None:
-        raise RuntimeError(f"egalitarian tie-break QP failed in cvxpy: {problem.status}")
-    return np.asarray(x.value, dtype=np.float64)
+        raise RuntimeError(f"egalitarian tie-break QP failed: {problem.status}")
+    x_ip = np.asarray(x.value, dtype=np.float64)
+
+    def dual(c: object) -> npt.NDArray[np.float64]:
+        value = getattr(c, "dual_value", None)
+        return np.zeros(0) if value is None else np.atleast_1d(np.asarray(value, dtype=np.float64))
+
+    row_dual = dual(rows) if masks.size else np.zeros(0)
+    bound_dual = dual(bounds) if bounded.size else np.zeros(0)
+    # Active-set polish: start from the efficiency row alone and add, one at a time, the violated
+    # constraint with the largest multiplier until the equality-constrained minimum-norm point is
+    # feasible (constraints the optimum does not need never enter, so a degenerate optimum's
+    # near-tight rows cannot make the system inconsistent).
+    all_rows = np.vstack([inc, np.eye(n)[bounded]]) if bounded.size else inc
+    all_rhs = np.concatenate([rhs, x_lower[bounded]])
+    all_dual = np.concatenate([row_dual, bound_dual]) if bound_dual.size else row_dual
+    if all_dual.shape[0] != all_rows.shape[0]:
+        all_dual = np.zeros(all_rows.shape[0])
+    chosen: list[int] = []
+    polished = np.full(n, grand_value / n)
+    lam = np.zeros(1)
+    ok = False
+    for _ in range(n + 1):
+        A = np.vstack([np.ones((1, n)), all_rows[chosen]])
+        b = np.concatenate([[grand_value], all_rhs[chosen]])
+        lam = np.linalg.lstsq(A @ A.T, b, rcond=None)[0]
+        polished = A.T @ lam
+        gap = all_rhs - all_rows @ polished
+        violated = np.flatnonzero(gap > tol)
+        if violated.size == 0:
+            ok = bool(np.allclose(A @ polished, b, atol=tol, rtol=0)) and bool(
+                np.all(lam[1:] >= -1e-9 * max(1.0, float(np.abs(lam).max())))
+            )
+            break
+        pick = int(violated[np.argmax(all_dual[violated] + 1e-300 * gap[violated])])
+        if np.linalg.matrix_rank(np.vstack([A, all_rows[pick]])) <= A.shape[0]:
+            break  # dependent: leave it to the interior-point solution
+        chosen.append(pick)
+    return polished if ok else x_ip
 
 
 def _indicator(mask: int, n: int) -> npt.NDArray[np.float64]:

@@ -6,7 +6,10 @@ one was handed over by :func:`coreopt.aleast_core`, else a private loop in a hel
 the synchronous API works inside Jupyter's running loop). A failing call is retried with
 exponential backoff, then raised as :class:`ValueFunctionError` naming the coalition; a NaN or
 infinite value raises :class:`~coreopt.errors.NonFiniteError` at once. In both cases every value
-already paid for stays in :attr:`ValueOracle.values` and travels on the exception.
+already paid for stays in :attr:`ValueOracle.values` and travels on the exception. A value
+function that raises :class:`~coreopt.errors.BudgetExhaustedError` (e.g. an LLM client whose call
+or token budget ran out) is not retried: the oracle keeps the batch's other values and reports no
+remaining budget, so the solver ends with a partial result.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from coreopt.errors import CoreoptError, NonFiniteError
+from coreopt.errors import BudgetExhaustedError, CoreoptError, NonFiniteError
 from coreopt.game.coalitions import Players
 
 ValueFn = Callable[[frozenset[Hashable]], float] | Callable[[frozenset[Hashable]], Awaitable[float]]
@@ -84,13 +87,18 @@ class ValueOracle:
         self.cache: dict[int, float] = {}
         self.calls = 0
         self.seconds = 0.0
+        self.exhausted = False
+        """Whether the value function raised :class:`BudgetExhaustedError` (no call is left)."""
         for coalition, value in (known_values or {}).items():
             mask = players.mask(coalition)
             self.cache[mask] = self._check(mask, value)
 
     @property
     def remaining(self) -> int | None:
-        """Calls left in the budget (``None``: unlimited)."""
+        """Calls left in the budget (``None``: unlimited; ``0`` once the value function's own
+        budget ran out)."""
+        if self.exhausted:
+            return 0
         return None if self.budget is None else self.budget - self.calls
 
     @property
@@ -127,7 +135,7 @@ class ValueOracle:
                 self._run_threads(todo)
         finally:
             self.seconds += time.perf_counter() - t0
-        return todo
+        return [m for m in todo if m in self.cache]
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -168,6 +176,8 @@ class ValueOracle:
         for attempt in range(self.retries + 1):
             try:
                 return self.value_fn(coalition)
+            except BudgetExhaustedError:
+                raise
             except Exception as exc:
                 if attempt == self.retries:
                     raise self._fail(mask, exc) from exc
@@ -177,7 +187,12 @@ class ValueOracle:
     def _run_threads(self, todo: list[int]) -> None:
         if len(todo) == 1 or self.max_concurrency == 1:
             for m in todo:
-                self._store(m, self._call_sync(m))
+                try:
+                    value = self._call_sync(m)
+                except BudgetExhaustedError:
+                    self.exhausted = True
+                    return
+                self._store(m, value)
             return
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(todo))) as pool:
             futures = [pool.submit(self._call_sync, m) for m in todo]
@@ -206,6 +221,8 @@ class ValueOracle:
             for attempt in range(self.retries + 1):
                 try:
                     return await self.value_fn(coalition)  # type: ignore[misc]
+                except BudgetExhaustedError:
+                    raise
                 except Exception as exc:
                     if attempt == self.retries:
                         raise self._fail(mask, exc) from exc

@@ -76,7 +76,7 @@ class LeastCoreConfig:
     imputation: bool = False
     normalize: bool = False
     tie_break: Literal["egalitarian", "nucleolus"] | None = "egalitarian"
-    tie_slack: float = 1e-6
+    tie_slack: float = 1e-10
     tol: float = 1e-9
     seeds: tuple[str, ...] = ("singletons", "leave_one_out", "complementary_pairs")
     seed_coalitions: tuple[tuple[Hashable, ...], ...] = ()
@@ -168,11 +168,12 @@ class LeastCoreResult:
             least-core value ``e*`` (equal to it when ``exact``).
         epsilon_upper: largest excess ``v(S) - x(S)`` of the returned payoff over every proper
             coalition evaluated: the payoff is in the ``epsilon_upper``-core of those coalitions.
-        probe_excess: largest excess over the last round's fresh uniform probes (``None`` when no
-            probe ran): an estimate of the payoff's true requirement beyond evaluated coalitions.
-        violation_rate: 95% upper confidence bound on the fraction of coalitions whose excess
-            exceeds ``epsilon`` (from all uniform probes; ``0.0`` when exact, ``None`` without
-            probes).
+        probe_excess: largest excess over the last round's fresh uniform probes, measured against
+            that round's payoff before the probes joined the LP (out of sample; ``None`` when no
+            probe ran). When ``status`` is ``CONVERGED`` that payoff is the one returned.
+        violation_rate: 95% (Clopper-Pearson) upper confidence bound on the fraction of
+            coalitions violated by that payoff beyond that round's LP level, from the same probes
+            (``0.0`` when exact, ``None`` without probes).
         exact: certified optimal (every coalition evaluated, or an exact table).
         value_calls: distinct value-function calls made (each coalition at most once).
         lp_rounds: LP solves.

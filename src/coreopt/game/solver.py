@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm.auto import tqdm
 
+from coreopt.errors import BudgetExhaustedError
 from coreopt.game.coalitions import MAX_VECTOR_PLAYERS, Players, all_masks
 from coreopt.game.exact import apply_tie_break, build_result, make_lp, solve_table
 from coreopt.game.oracle import ValueFn, ValueOracle
@@ -75,6 +76,9 @@ def least_core(
         ValueFunctionError: ``value_fn`` kept failing (retries exhausted); ``err.values`` keeps
             every value paid for.
         NonFiniteError: ``value_fn`` returned NaN or infinity.
+        BudgetExhaustedError: ``value_fn`` raised it before ``v(N)`` and the singletons were
+            known (``err.values`` keeps every value paid for). Raised later, it ends the solve
+            with a partial result (``status=Status.BUDGET_EXHAUSTED``) instead.
 
     Examples:
         >>> import coreopt
@@ -165,16 +169,23 @@ def _exact(
 ) -> LeastCoreResult:
     masks = all_masks(players.n)
     wanted = masks if cfg.normalize else masks[1:]
+    # v(N), v(∅) and the singletons first: a partial table must still support an LP
+    first = [players.grand] + ([0] if cfg.normalize else []) + [1 << i for i in range(players.n)]
     bar = tqdm(
         total=len(wanted), desc="least core (exact): value calls", disable=_disabled(cfg.progress)
     )
     try:
+        bar.update(len(oracle.evaluate(first)))
         chunk = max(cfg.max_concurrency * 4, 64)
         for start in range(0, len(wanted), chunk):
+            if oracle.exhausted:
+                break
             got = oracle.evaluate(wanted[start : start + chunk].tolist())
             bar.update(len(got))
     finally:
         bar.close()
+    if oracle.exhausted:  # the value function's own budget ran out: LP over what is known
+        return _approximate(oracle, players, cfg, t0, players.grand)
     table = np.zeros(1 << players.n)
     for m, v in oracle.cache.items():
         table[m] = v
@@ -191,6 +202,12 @@ def _approximate(
     # -- seeding: v(N) (and v(∅)), singletons always, then the configured strategies ---------------
     first = [grand] + ([0] if cfg.normalize else []) + [1 << i for i in range(n)]
     oracle.evaluate(first)
+    if any(m not in oracle for m in first) and oracle.exhausted:
+        raise BudgetExhaustedError(
+            "the value function's budget ran out before v(N) and the singletons were evaluated; "
+            "err.values holds every value paid for (pass it back as known_values= to resume)",
+            oracle.values,
+        )
     if any(m not in oracle for m in first):  # pragma: no cover - guarded by the budget check
         raise ValueError("the budget ran out before v(N) and the singletons were evaluated")
     seeds: list[int] = []
@@ -225,8 +242,9 @@ def _approximate(
     scale = max(1.0, max(abs(v) for v in oracle.cache.values()))
     tol = cfg.tol * scale
     history: list[RoundInfo] = []
-    probe_log: list[int] = []  # every uniform probe drawn (for the violation-rate estimate)
-    last_probes: list[int] = []
+    # out-of-sample estimate: the last round's fresh uniform probes, measured against the payoff
+    # of that round before they joined the LP (excesses relative to that round's level)
+    probe_stats: tuple[npt.NDArray[np.float64], float] | None = None
     frontier: list[int] = []  # violated coalitions of the last round: local search starts there
     clean = 0  # consecutive rounds without a violation
     lp_rounds = 0
@@ -274,13 +292,14 @@ def _approximate(
             probes = random_masks(rng, n, cfg.probes) if "probes" in cfg.oracles else []
             t_sep += time.perf_counter() - ts
             found, checked_all = check(candidates + probes, x_cur, level)
-            probe_log += [m for m in probes if m in oracle]
-            last_probes = [m for m in probes if m in oracle]
+            fresh = [m for m in probes if m in oracle]
             if not found and checked_all and cfg.confirm_probes and oracle.remaining != 0:
                 confirm = random_masks(rng, n, cfg.confirm_probes)
                 found, checked_all = check(confirm, x_cur, level)
-                probe_log += [m for m in confirm if m in oracle]
-                last_probes = [m for m in confirm if m in oracle]
+                fresh += [m for m in confirm if m in oracle]
+            if fresh:
+                ex = np.array([value(m) for m in fresh]) - _coalition_sums(x_cur, fresh, n)
+                probe_stats = (ex, level)
             violated = len(found)
             frontier = found[: cfg.batch_size]
             sync_rows()
@@ -310,22 +329,11 @@ def _approximate(
     upper = float(excess.max())
     if not cfg.proper:
         upper = max(upper, 0.0)
-    probe_excess = None
-    if last_probes:
-        probe_excess = float(
-            max(
-                value(m) - s
-                for m, s in zip(last_probes, _coalition_sums(x, last_probes, n), strict=True)
-            )
-        )
-    violation_rate = None
-    if probe_log:
-        over = sum(
-            1
-            for m, s in zip(probe_log, _coalition_sums(x, probe_log, n), strict=True)
-            if value(m) - s > sol.epsilon + slack + tol
-        )
-        violation_rate = _clopper_pearson_upper(over, len(probe_log))
+    probe_excess = violation_rate = None
+    if probe_stats is not None:
+        ex, probe_level = probe_stats
+        probe_excess = float(ex.max())
+        violation_rate = _clopper_pearson_upper(int((ex > probe_level + tol).sum()), ex.size)
     total = time.perf_counter() - t0
     logger.info(
         "least_core: %s after %d calls, eps in [%.6g, %.6g]",
