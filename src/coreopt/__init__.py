@@ -42,7 +42,17 @@ _LAZY_ATTRS: dict[str, str] = {
     "LeastCoreResult": "coreopt.game",
     "Status": "coreopt.status",
 }
-_SUBMODULES = {"objective", "parallel", "manifold", "game", "models", "status", "errors", "cli"}
+_SUBMODULES = {
+    "objective",
+    "parallel",
+    "manifold",
+    "game",
+    "models",
+    "status",
+    "errors",
+    "cli",
+    "init",
+}
 
 __all__ = ["__version__", *sorted(_LAZY_ATTRS), *sorted(_SUBMODULES)]
 
