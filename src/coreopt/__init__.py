@@ -52,6 +52,7 @@ _SUBMODULES = {
     "errors",
     "cli",
     "init",
+    "credit",
 }
 
 __all__ = ["__version__", *sorted(_LAZY_ATTRS), *sorted(_SUBMODULES)]
