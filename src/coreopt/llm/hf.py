@@ -212,17 +212,28 @@ class TransformersBackend:
         for i, s in enumerate(seqs):  # right padding: positions stay 0..len-1
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
+        # Only the continuation's positions need the (vocabulary-wide) output layer: run the
+        # decoder, then the head on those hidden states alone.
+        rows = torch.cat([torch.full((nc,), i) for i, (_, nc) in enumerate(spans)])
+        cols = torch.cat([torch.arange(np_ - 1, np_ - 1 + nc) for np_, nc in spans])
+        decoder = getattr(self.hf_model, "get_decoder", lambda: None)()
+        head = self.hf_model.get_output_embeddings()
         with self._run_lock, torch.inference_mode():
-            logits = self.hf_model(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-            ).logits.float()
+            ids_d, mask_d = ids.to(self.device), mask.to(self.device)
+            if decoder is not None and head is not None:
+                hidden = decoder(input_ids=ids_d, attention_mask=mask_d).last_hidden_state
+                logits = head(hidden[rows, cols]).float()
+            else:
+                logits = self.hf_model(input_ids=ids_d, attention_mask=mask_d).logits
+                logits = logits[rows, cols].float()
             self.forward_passes += 1
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            tgt = ids[:, 1:].to(self.device)
+            logp = torch.log_softmax(logits, dim=-1)
+            tgt = ids[rows, cols + 1].to(self.device)
             tok_lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu()
-        out = []
+        out, start = [], 0
         for i, (np_, nc) in enumerate(spans):
-            lp = float(tok_lp[i, np_ - 1 : np_ - 1 + nc].sum())
+            lp = float(tok_lp[start : start + nc].sum())
+            start += nc
             out.append(
                 Completion(text=pairs[i][1], logprob=lp, prompt_tokens=np_, completion_tokens=nc)
             )

@@ -1,0 +1,39 @@
+"""``coreopt credit`` against the loopback OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from coreopt.cli import app
+
+
+def test_credit_cli_prints_a_table_and_writes_json(fake_server, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("COREOPT_LLM_BASE_URL", fake_server.url)
+    monkeypatch.setenv("COREOPT_LLM_MODEL", "fake")
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    data = tmp_path / "in.json"
+    data.write_text(json.dumps({"query": "q?", "sources": {"a": "x", "b": "y", "c": "z"}}))
+    out = tmp_path / "out.json"
+    args = ["credit", str(data), "--scoring", "judge", "--no-progress", "--json-out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--cache", str(tmp_path / "c.sqlite")])
+    assert result.exit_code == 0, result.output
+    assert "source" in result.output
+    assert "openai/fake (judge)" in result.output
+    report = json.loads(out.read_text())
+    assert report["credit"] == {"a": 1.0, "b": 1.0, "c": 1.0} or all(
+        abs(v - 1.0) < 1e-6 for v in report["credit"].values()
+    )
+    assert report["queries"][0]["exact"] is True
+
+
+def test_credit_cli_budget_gives_a_partial_result(fake_server, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("COREOPT_LLM_BASE_URL", fake_server.url)
+    monkeypatch.setenv("COREOPT_LLM_MODEL", "fake")
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"query": "q?", "sources": ["x", "y", "z", "w"]}) + "\n")
+    args = ["credit", str(data), "--scoring", "judge", "--no-cache", "--no-progress", "--json"]
+    result = CliRunner().invoke(app, [*args, "--max-calls", "14"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["status"] == "budget_exhausted"
