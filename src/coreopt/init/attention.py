@@ -345,7 +345,16 @@ def mimetic_attention_(
 
 
 def record_init(module: nn.Module, part: str, config: object) -> None:
-    """Remember on ``module`` which recipe config initialised it (read by :func:`verify`)."""
+    """Remember on ``module`` which recipe config initialised it (read by :func:`verify`).
+
+    Also flags ``module``, its submodules and their parameters with ``_is_hf_initialized``, the
+    marker Hugging Face ``transformers`` checks before (re-)initialising a module or tensor, so
+    a later ``model.post_init()`` / ``init_weights()`` keeps the recipe's weights.
+    """
     records = dict(getattr(module, "_coreopt_init", {}))
     records[part] = config
     object.__setattr__(module, "_coreopt_init", records)
+    for sub in module.modules():
+        object.__setattr__(sub, "_is_hf_initialized", True)
+        for p in sub.parameters(recurse=False):
+            p._is_hf_initialized = True  # type: ignore[attr-defined]
