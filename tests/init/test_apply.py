@@ -55,6 +55,8 @@ def test_presets_and_parts() -> None:
         apply(model, recipe="nope")
     with pytest.raises(ValueError, match="parts"):
         apply(model, parts=("attn",))
+    with pytest.raises(TypeError, match="per_layer"):
+        apply(model, per_layer=lambda part, name, i: MimeticAttentionConfig())
     with pytest.raises(TypeError, match=r"config\['mlp'\]"):
         apply(model, config={"mlp": MimeticAttentionConfig()})
 

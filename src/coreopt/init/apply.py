@@ -254,6 +254,12 @@ def apply(
             cfg = configs[part]
             if per_layer is not None:
                 cfg = per_layer(part, name, index)
+                expected = type(DEFAULT_CONFIGS[part])
+                if cfg is not None and not isinstance(cfg, expected):
+                    raise TypeError(
+                        f"per_layer({part!r}, {name!r}, {index}) returned "
+                        f"{type(cfg).__name__}, expected {expected.__name__} or None"
+                    )
             if part not in chosen or cfg is None:
                 why = "part not selected" if part not in chosen else "per_layer returned None"
                 report.entries.append(InitEntry(name, type(module).__name__, part, "skipped", why))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coreopt.init._linalg import mimetic_target
-from coreopt.init.apply import DEFAULT_CONFIGS, PRESETS, _resolve, detect
+from coreopt.init.apply import _resolve, detect
 from coreopt.init.attention import find_attention
 from coreopt.init.config import (
     CovarianceConvConfig,
@@ -314,4 +314,4 @@ def verify(
     return report
 
 
-__all__ = ["DEFAULT_CONFIGS", "PRESETS", "Check", "VerifyReport", "verify"]
+__all__ = ["Check", "VerifyReport", "verify"]
