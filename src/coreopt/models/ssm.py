@@ -94,32 +94,31 @@ def ssd_chunked(
         Bh = F.pad(Bh, (0, 0, 0, 0, 0, pad))
         Ch = F.pad(Ch, (0, 0, 0, 0, 0, pad))
     c = x.shape[1] // Q
-    xs = x.reshape(b, c, Q, H, P)
-    dts = dt.reshape(b, c, Q, H)
-    Bs = Bh.reshape(b, c, Q, H, N)
-    Cs = Ch.reshape(b, c, Q, H, N)
-    a = (dts * A).permute(0, 3, 1, 2)  # (b, H, c, Q) log-decays
-    acum = torch.cumsum(a, dim=-1)
+    # layout (b, H, c, Q, ·) so every contraction below is a batched matmul
+    xs = x.reshape(b, c, Q, H, P).permute(0, 3, 1, 2, 4)
+    dts = dt.reshape(b, c, Q, H).permute(0, 3, 1, 2)
+    Bs = Bh.reshape(b, c, Q, H, N).permute(0, 3, 1, 2, 4)
+    Cs = Ch.reshape(b, c, Q, H, N).permute(0, 3, 1, 2, 4)
+    acum = torch.cumsum(dts * A[:, None, None], dim=-1)  # (b, H, c, Q) cumulative log-decay
     # intra-chunk decay mask L[t, s] = exp(acum_t - acum_s) for s <= t
     diff = acum[..., :, None] - acum[..., None, :]
     causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
     Lmask = torch.exp(diff.masked_fill(~causal, float("-inf")))  # (b, H, c, Q, Q)
     xdt = xs * dts[..., None]  # Δ ∘ x
-    scores = torch.einsum("bctHn,bcsHn->bHcts", Cs, Bs)
-    y_diag = torch.einsum("bHcts,bcsHp->bctHp", scores * Lmask, xdt)
-    # per-chunk states (contribution of the chunk's own tokens to its final state)
+    y_diag = ((Cs @ Bs.transpose(-1, -2)) * Lmask) @ xdt  # (b, H, c, Q, P)
+    # per-chunk states (N x P): contribution of the chunk's own tokens to its final state
     to_end = torch.exp(acum[..., -1:] - acum)  # (b, H, c, Q)
-    states = torch.einsum("bHcs,bcsHn,bcsHp->bcHpn", to_end, Bs, xdt)
+    states = (Bs * to_end[..., None]).transpose(-1, -2) @ xdt  # (b, H, c, N, P)
     chunk_decay = torch.exp(acum[..., -1])  # (b, H, c)
-    S = x.new_zeros(b, H, P, N) if initial_state is None else initial_state
+    S = x.new_zeros(b, H, N, P) if initial_state is None else initial_state.transpose(-1, -2)
     prev = []
     for i in range(c):
         prev.append(S)
-        S = chunk_decay[:, :, i, None, None] * S + states[:, i]
-    S_prev = torch.stack(prev, dim=1)  # (b, c, H, P, N): state entering each chunk
-    y_off = torch.einsum("bctHn,bcHpn,bHct->bctHp", Cs, S_prev, torch.exp(acum))
-    y = (y_diag + y_off).reshape(b, c * Q, H, P)[:, :L]
-    return y, S
+        S = chunk_decay[:, :, i, None, None] * S + states[:, :, i]
+    S_prev = torch.stack(prev, dim=2)  # (b, H, c, N, P): the state entering each chunk
+    y_off = (Cs * torch.exp(acum)[..., None]) @ S_prev  # (b, H, c, Q, P)
+    y = (y_diag + y_off).permute(0, 2, 3, 1, 4).reshape(b, c * Q, H, P)[:, :L]
+    return y, S.transpose(-1, -2)
 
 
 class RMSNormGated(nn.Module):
