@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from init_layouts import FusedAttention, GQAttention
 from torch import nn
 
@@ -140,3 +142,29 @@ def test_bad_arguments() -> None:
         MimeticAttentionConfig(beta_vo=float("nan"))
     with pytest.raises(TypeError, match="qk"):
         MimeticAttentionConfig(qk=1)  # type: ignore[arg-type]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    head_dim=st.sampled_from([4, 8, 16]),
+    heads=st.sampled_from([1, 2, 4]),
+    group=st.sampled_from([1, 2]),
+    seed=st.integers(0, 1000),
+)
+def test_any_head_layout_passes_verify_and_keeps_the_factor_identities(
+    head_dim: int, heads: int, group: int, seed: int
+) -> None:
+    d = head_dim * heads
+    kv = max(heads // group, 1)
+    m = mimetic_attention_(GQAttention(d, heads, kv), seed=seed)
+    p = find_attention(m)
+    assert p is not None
+    for h in range(heads):
+        prod = p.qk_product(h)
+        assert torch.linalg.matrix_rank(prod) <= head_dim
+        assert prod.diagonal().mean() > 0
+    vo = p.vo_product()
+    assert torch.linalg.matrix_rank(vo) == min(d, kv * head_dim)
+    assert vo.diagonal().mean() < 0
+    report = verify(m)
+    assert report.ok, str(report)
