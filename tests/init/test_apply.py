@@ -77,3 +77,8 @@ def test_transformer_encoder_layer() -> None:
     assert p is not None
     assert p.qk_product(0).diagonal().mean() > 0.2
     assert torch.isfinite(layer(torch.randn(2, 5, 32))).all()
+
+
+def test_a_bare_attention_module_as_the_root() -> None:
+    report = apply(nn.MultiheadAttention(16, 2), seed=0)
+    assert [(e.name, e.action) for e in report.entries] == [("", "initialised")]

@@ -231,7 +231,7 @@ def apply(
     handled: set[int] = set()  # ids of modules a recipe initialised directly (mlp first layers)
 
     def inside(name: str) -> bool:
-        return any(name == c or name.startswith(c + ".") for c in claimed if c != name)
+        return any(c != name and (c == "" or name.startswith(c + ".")) for c in claimed)
 
     for name, module in modules:
         if inside(name) or id(module) in handled:
