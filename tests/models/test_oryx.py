@@ -13,6 +13,7 @@ def test_at_least_90_percent_of_parameters_are_shared() -> None:
     groups = block.parameter_groups()
     assert "mixer.k_proj.weight" in groups["shared"]
     assert "mixer.v_proj.weight" in groups["shared"]
+    assert "mixer.conv1d.weight" in groups["shared"]
     assert "mixer.attn_q_up" in groups["attention"]
     assert "mixer.A_log" in groups["recurrent"]
     mixer_params = dict(block.mixer.named_parameters())
@@ -48,6 +49,10 @@ def test_both_modes_from_the_same_weights_and_which_parameters_they_use(modes: s
 def test_attention_mode_is_causal_softmax_attention() -> None:
     torch.manual_seed(0)
     mixer = OryxMixer(16, 2, chunk_size=4).double()
+    with torch.no_grad():  # the shared short conv as the identity (what mimetic_ssm_ sets)
+        mixer.conv1d.weight.zero_()
+        mixer.conv1d.weight[:, 0, -1] = 1.0
+        mixer.conv1d.bias.zero_()
     x = torch.randn(1, 8, 16, dtype=torch.float64)
     q = mixer.q_proj(x).reshape(1, 8, 2, 8).transpose(1, 2)
     k = mixer.k_proj(x).reshape(1, 8, 2, 8).transpose(1, 2)

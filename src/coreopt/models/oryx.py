@@ -5,7 +5,10 @@ where rich context is needed, a linear recurrence elsewhere — with at least 90
 parameters tied across mixers (shared key/value representations, mixer-specific queries and
 small extras). No public code; this is coreopt's reconstruction:
 
-* shared: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` (and the block's norms and MLP);
+* shared: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``, a short causal depthwise ``conv1d``
+  over the concatenated ``[q|k|v]`` (as the short convolutions of Mamba-2 and Gated DeltaNet; it
+  gives both mixers cheap local/previous-token features) *(reconstructed)*, and the block's norms
+  and MLP;
 * per mode, the query is adapted from the shared one by a per-channel gain and a rank-``r``
   correction (``q_m = q ⊙ g_m + (x A_m) B_m``; ``g_m = 1``, ``B_m = 0`` at init, so both modes
   start from the same query) *(reconstructed)*;
@@ -80,6 +83,7 @@ class OryxMixer(nn.Module):
             recurrent state size).
         chunk_size: tokens per chunk (the unit of mode switching and of the SSD scan).
         adapter_rank: rank of the per-mode query correction.
+        d_conv: kernel size of the shared short causal convolution (1 disables it).
 
     Shape: ``(B, L, dim)`` -> ``(B, L, dim)``, whatever the modes.
     """
@@ -99,7 +103,13 @@ class OryxMixer(nn.Module):
     """Parameters only the recurrent mode uses; every other parameter is shared."""
 
     def __init__(
-        self, dim: int, num_heads: int = 4, *, chunk_size: int = 16, adapter_rank: int = 4
+        self,
+        dim: int,
+        num_heads: int = 4,
+        *,
+        chunk_size: int = 16,
+        adapter_rank: int = 4,
+        d_conv: int = 4,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -111,6 +121,9 @@ class OryxMixer(nn.Module):
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
         self.o_proj = nn.Linear(dim, dim)
+        if d_conv < 1:
+            raise ValueError(f"d_conv must be >= 1, got {d_conv}")
+        self.conv1d = nn.Conv1d(3 * dim, 3 * dim, d_conv, groups=3 * dim, padding=d_conv - 1)
         r = adapter_rank
         for mode in ("attn", "rec"):
             setattr(self, f"{mode}_q_gain", nn.Parameter(torch.ones(dim)))
@@ -173,8 +186,10 @@ class OryxMixer(nn.Module):
     def forward(self, x: torch.Tensor, modes: Modes = None) -> torch.Tensor:
         B, L, D = x.shape
         mask = self.position_mask(modes, L, x.device)
-        q = self.q_proj(x)
-        k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+        qkv = self.conv1d(qkv.transpose(1, 2))[..., :L].transpose(1, 2)  # causal short conv
+        q, k, v = qkv.split(D, dim=-1)
+        k, v = self._heads(k), self._heads(v)
         if bool(mask.all()):
             y = self.attention(x, q, k, v)
         elif not bool(mask.any()):
