@@ -34,8 +34,9 @@ class MimeticAttentionConfig:
     approximation); jointly over heads: ``W_v W_o ≈ alpha_vo Z - beta_vo I`` (full rank).
 
     Attributes:
-        qk: initialise the query/key pair. The benchmark on causal multi-query associative recall
-            found ``qk`` harmful there (see :data:`PRESETS`, ``"language"`` turns it off).
+        qk: initialise the query/key pair. An earlier reproduction on causal associative recall
+            found it harmful there (``"language"`` preset turns it off); coreopt's own benchmark
+            did not reproduce that (see ``docs/init.md``).
         vo: initialise the value/output pair.
         alpha_qk, beta_qk: noise scale and identity weight of the query-key target (0.7, 0.7).
         alpha_vo, beta_vo: noise scale and (subtracted) identity weight of the value-output
