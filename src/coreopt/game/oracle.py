@@ -88,6 +88,7 @@ class ValueOracle:
         self.calls = 0
         self.seconds = 0.0
         self.exhausted = False
+        self._fast: bool | None = None  # sync calls measured cheaper than a thread hand-off
         """Whether the value function raised :class:`BudgetExhaustedError` (no call is left)."""
         for coalition, value in (known_values or {}).items():
             mask = players.mask(coalition)
@@ -185,7 +186,19 @@ class ValueOracle:
         raise AssertionError("unreachable")
 
     def _run_threads(self, todo: list[int]) -> None:
-        if len(todo) == 1 or self.max_concurrency == 1:
+        # Cheap value functions (table lookups, analytic games) lose more to thread hand-offs than
+        # they gain: the first call of each batch is timed, and calls under 1 ms run in this thread.
+        if todo and self.max_concurrency > 1 and self._fast is None:
+            t0 = time.perf_counter()
+            try:
+                value = self._call_sync(todo[0])
+            except BudgetExhaustedError:
+                self.exhausted = True
+                return
+            self._fast = time.perf_counter() - t0 < 1e-3
+            self._store(todo[0], value)
+            todo = todo[1:]
+        if len(todo) <= 1 or self.max_concurrency == 1 or self._fast:
             for m in todo:
                 try:
                     value = self._call_sync(m)

@@ -13,6 +13,7 @@ The candidates are then evaluated for real in one batch by the caller.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import highspy
@@ -138,14 +139,15 @@ def top_by_milp(
     x: npt.NDArray[np.float64],
     k: int,
     exclude: set[int],
-    time_limit: float = 10.0,
+    time_limit: float = 0.5,
 ) -> list[int]:
     """Up to ``k`` maximisers of ``v̂(S) - x(S)`` over proper coalitions by a HiGHS MILP.
 
     Binary ``z_i`` (membership) and ``y_ij = z_i z_j`` linearised (``y <= z_i``, ``y <= z_j`` when
     ``b_ij > 0``; ``y >= z_i + z_j - 1`` when ``b_ij < 0``); ``1 <= Σ z <= n - 1``. Each solution
     found is cut off (no-good cut) before the next solve, as are the masks in ``exclude`` that the
-    solver hits.
+    solver hits; at most ``3k`` solves and ``time_limit`` seconds for all of them (a round's
+    separation must stay cheap next to its value calls).
     """
     n = surrogate.n
     inf = highspy.kHighsInf
@@ -173,7 +175,14 @@ def top_by_milp(
         else:
             row(-1.0, inf, [col, i, j], [1.0, -1.0, -1.0])
     found: list[int] = []
-    for _ in range(k + len(exclude)):
+    deadline = time.perf_counter() + time_limit
+    # bounded: each solve either finds a new coalition or cuts off a known one; known optima
+    # beyond 2k (or past the deadline) mean the surrogate has nothing new to offer this round
+    for _ in range(3 * k):
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            break
+        h.setOptionValue("time_limit", float(remaining))
         h.run()
         if h.getModelStatus() not in (
             highspy.HighsModelStatus.kOptimal,
