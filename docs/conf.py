@@ -146,5 +146,5 @@ else:
     html_theme_options = {"navigation_with_keys": True}
 
 html_title = f"coreopt {release}"
-html_static_path: list[str] = []
+html_static_path: list[str] = ["_static"]
 html_show_sourcelink = False
