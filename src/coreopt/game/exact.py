@@ -181,7 +181,7 @@ def apply_tie_break(
         make_source(),
         grand_value=lp.grand_value,
         x_lower=lp.x_lower,
-        seed_masks=sol.masks[sol.duals > 0] if sol.masks.size else sol.masks,
+        seed_masks=sol.masks[sol.duals > 0],
         tol=tol,
         rows_per_round=cfg.rows_per_round,
         scale=scale,

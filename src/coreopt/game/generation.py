@@ -129,12 +129,9 @@ def nucleolus(
             break
         basis_perp = vt[rank:].T
         source.exclude(span_residual(source, basis_perp) > 1e-9)
-        keep = [m for m in sol.masks.tolist() if m not in set(fixed_masks)]
-        _, ex = source.excess(x)
-        carry_mask = np.array(keep, dtype=np.int64)
-        # only rows still eligible (not in the fixed span) are carried into the next stage
-        eligible = np.isfinite(_excess_at(source, carry_mask, ex))
-        carry = carry_mask[eligible]
+        # rows still eligible (outside the fixed span, which holds every fixed coalition) carry
+        # over to the next stage
+        carry = sol.masks[source.is_eligible(sol.masks)]
     return x, levels
 
 
@@ -214,12 +211,3 @@ def _indicator(mask: int, n: int) -> npt.NDArray[np.float64]:
     v = np.zeros(n)
     v[members(mask)] = 1.0
     return v
-
-
-def _excess_at(
-    source: Source, masks: npt.NDArray[np.int64], ex: npt.NDArray[np.float64]
-) -> npt.NDArray[np.float64]:
-    if isinstance(source, TableRows):
-        return ex[masks]
-    pos = {int(m): i for i, m in enumerate(source.masks.tolist())}
-    return np.array([ex[pos[int(m)]] for m in masks], dtype=np.float64)

@@ -66,6 +66,10 @@ class TableRows:
         """Permanently drop coalitions where ``keep`` is False (shape ``(2**n,)``)."""
         self._eligible &= keep
 
+    def is_eligible(self, masks: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Whether each mask is still a candidate row (proper and not excluded)."""
+        return self._eligible[masks]
+
 
 class ExplicitRows:
     """A finite list of evaluated coalitions (approximate mode: everything paid for)."""
@@ -91,6 +95,10 @@ class ExplicitRows:
 
     def exclude(self, keep: npt.NDArray[np.bool_]) -> None:
         self._eligible &= keep
+
+    def is_eligible(self, masks: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        pos = {m: i for i, m in enumerate(self.masks.tolist())}
+        return np.array([self._eligible[pos[int(m)]] for m in masks], dtype=bool)
 
     def subset_projection(self, basis: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """``incidence @ basis`` for every row (used to test membership in a span)."""

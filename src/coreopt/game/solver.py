@@ -255,14 +255,18 @@ def _approximate(
 
     slack = cfg.tie_slack * scale if cfg.tie_break else 0.0
 
+    def known_rows() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Every proper coalition evaluated so far and its (normalised) value."""
+        masks = np.array([m for m in oracle.cache if m not in (0, grand)], dtype=np.int64)
+        return masks, np.array([value(int(m)) for m in masks])
+
     def payoff(sol: Any) -> tuple[npt.NDArray[np.float64], list[float]]:
         """The payoff to return for ``sol``: the tie-break is applied inside the loop, so that the
         payoff returned is the one separation has checked."""
         if cfg.tie_break is None:
             return sol.x, []
-        evaluated = np.array([m for m in oracle.cache if m not in (0, grand)], dtype=np.int64)
-        vals = np.array([value(int(m)) for m in evaluated])
-        return apply_tie_break(sol, lp, lambda: ExplicitRows(n, evaluated, vals), cfg, scale, tol)
+        rows = ExplicitRows(n, *known_rows())
+        return apply_tie_break(sol, lp, lambda: rows, cfg, scale, tol)
 
     def check(masks: list[int], x: Any, level: float) -> tuple[list[int], bool]:
         """Evaluate ``masks``; return those with excess above ``level`` (most violated first)
@@ -322,8 +326,7 @@ def _approximate(
     finally:
         bar.close()
 
-    evaluated = np.array([m for m in oracle.cache if m not in (0, grand)], dtype=np.int64)
-    vals = np.array([value(int(m)) for m in evaluated])
+    evaluated, vals = known_rows()
     x, levels = payoff(sol)
     excess = vals - _coalition_sums(x, evaluated.tolist(), n)
     upper = float(excess.max())
@@ -377,11 +380,13 @@ def _propose(
     if "surrogate" in cfg.oracles or "local_search" in cfg.oracles:
         masks = np.array([m for m in oracle.cache if m != 0], dtype=np.int64)
         vals = np.array([value(int(m)) for m in masks])
-        # Weighted fit (reconstructed choice): the surrogate only has to be right where the
-        # excess v(S) - x(S) is high, so coalitions are weighted by how close they are to tight.
-        excess = vals - _coalition_sums(x, masks.tolist(), n)
-        spread = max(float(np.std(excess)), 1e-12)
-        weights = np.exp(np.clip((excess - excess.max()) / spread, -cfg.surrogate_focus, 0.0))
+        weights = None  # the default: an unweighted fit
+        if cfg.surrogate_focus > 0:
+            # Weighted fit (reconstructed option): the surrogate only has to be right where the
+            # excess v(S) - x(S) is high, so coalitions near tight count more.
+            excess = vals - _coalition_sums(x, masks.tolist(), n)
+            spread = max(float(np.std(excess)), 1e-12)
+            weights = np.exp(np.clip((excess - excess.max()) / spread, -cfg.surrogate_focus, 0))
         surrogate = fit_surrogate(masks, vals, n, kind=cfg.surrogate, weights=weights)
     if "surrogate" in cfg.oracles and surrogate is not None:
         solver = cfg.surrogate_solver
