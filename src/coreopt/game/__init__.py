@@ -5,7 +5,7 @@ from coreopt.game.coalitions import Players
 from coreopt.game.exact import exact_least_core
 from coreopt.game.games import Game
 from coreopt.game.lp import InfeasibleGameError, LeastCoreLP, LPSolution
-from coreopt.game.oracle import ValueFunctionError, ValueOracle
+from coreopt.game.oracle import ValueFunctionError, ValueOracle, VectorizedValue, vectorized
 from coreopt.game.result import LeastCoreConfig, LeastCoreResult, RoundInfo
 from coreopt.game.solver import aleast_core, least_core
 
@@ -20,8 +20,10 @@ __all__ = [
     "RoundInfo",
     "ValueFunctionError",
     "ValueOracle",
+    "VectorizedValue",
     "aleast_core",
     "exact_least_core",
     "games",
     "least_core",
+    "vectorized",
 ]

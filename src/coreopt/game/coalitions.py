@@ -64,6 +64,12 @@ class Players:
             index[label] = i
         self.labels: tuple[Hashable, ...] = tuple(labels)
         self._index = index
+        # labels of every byte value at every byte position: coalition() joins <= n/8 tuples
+        n = len(labels)
+        self._byte_labels = [
+            [tuple(self.labels[base + i] for i in members(b) if base + i < n) for b in range(256)]
+            for base in range(0, n, 8)
+        ]
 
     @property
     def n(self) -> int:
@@ -97,7 +103,16 @@ class Players:
 
     def coalition(self, mask: int) -> frozenset[Hashable]:
         """The coalition (a frozenset of labels) of a bitmask."""
-        return frozenset(self.labels[i] for i in members(int(mask)))
+        mask = int(mask)
+        if mask >> self.n:
+            raise ValueError(f"mask {mask} has bits beyond the {self.n} players")
+        out: list[Hashable] = []
+        for table in self._byte_labels:
+            if not mask:
+                break
+            out += table[mask & 255]
+            mask >>= 8
+        return frozenset(out)
 
 
 def members(mask: int) -> list[int]:

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -176,7 +176,7 @@ def _exact(
     )
     try:
         bar.update(len(oracle.evaluate(first)))
-        chunk = max(cfg.max_concurrency * 4, 64)
+        chunk = oracle.vector.batch_size if oracle.vector else max(cfg.max_concurrency * 4, 64)
         for start in range(0, len(wanted), chunk):
             if oracle.exhausted:
                 break
@@ -301,6 +301,18 @@ def _approximate(
                 confirm = random_masks(rng, n, cfg.confirm_probes)
                 found, checked_all = check(confirm, x_cur, level)
                 fresh += [m for m in confirm if m in oracle]
+                if not found and checked_all and cfg.confirm_ascents and oracle.remaining != 0:
+                    # Violated coalitions can be too rare for uniform probes (0.1% of 2^16 on a
+                    # coverage game): climb the true excess from the best probes before stopping.
+                    seen = [m for m in confirm if m in oracle]
+                    ex = np.array([value(m) for m in seen]) - _coalition_sums(x_cur, seen, n)
+                    # half the starts: the best probes; half: random coalitions of uniformly
+                    # random size (uniform probes almost never have the small or large sizes
+                    # where the violated coalitions of submodular games sit)
+                    k = cfg.confirm_ascents
+                    starts = [seen[i] for i in np.argsort(-ex, kind="stable")[: (k + 1) // 2]]
+                    starts += _sized_masks(rng, n, k - len(starts))
+                    found, checked_all = _ascend(check, starts, x_cur, level, n, value, oracle)
             if fresh:
                 ex = np.array([value(m) for m in fresh]) - _coalition_sums(x_cur, fresh, n)
                 probe_stats = (ex, level)
@@ -409,6 +421,53 @@ def _propose(
             flips = [flips[i] for i in order]
         out += flips[: cfg.batch_size]
     return list(dict.fromkeys(out))
+
+
+def _ascend(
+    check: Callable[[list[int], Any, float], tuple[list[int], bool]],
+    starts: list[int],
+    x: npt.NDArray[np.float64],
+    level: float,
+    n: int,
+    value: Callable[[int], float],
+    oracle: ValueOracle,
+) -> tuple[list[int], bool]:
+    """Steepest ascent of the true excess ``v(S) - x(S)`` over 1-flip neighbourhoods.
+
+    From each start, evaluate every unevaluated neighbour (one batch of real calls), move to the
+    best one while the excess grows, and stop at a local maximum. Returns the violated coalitions
+    of the first neighbourhood that has any (most violated first), and whether every neighbourhood
+    visited could be evaluated within the budget.
+    """
+    grand = (1 << n) - 1
+    for start in starts:
+        found, complete = check([start], x, level)  # a start may be new (a random one)
+        if found or not complete:
+            return found, complete
+        cur = start
+        cur_ex = value(cur) - float(_coalition_sums(x, [cur], n)[0])
+        while True:
+            nb = [cur ^ (1 << i) for i in range(n)]
+            nb = [m for m in nb if m not in (0, grand)]
+            found, complete = check(nb, x, level)
+            if found or not complete:
+                return found, complete
+            done = [m for m in nb if m in oracle]
+            ex = np.array([value(m) for m in done]) - _coalition_sums(x, done, n)
+            best = int(np.argmax(ex))
+            if ex[best] <= cur_ex:
+                break
+            cur, cur_ex = done[best], float(ex[best])
+    return [], True
+
+
+def _sized_masks(rng: np.random.Generator, n: int, k: int) -> list[int]:
+    """``k`` random proper coalitions whose size is uniform on ``1..n-1``."""
+    out = []
+    for _ in range(k):
+        size = int(rng.integers(1, n)) if n > 1 else 1
+        out.append(int(sum(1 << int(i) for i in rng.choice(n, size, replace=False))))
+    return out
 
 
 def _coalition_sums(
