@@ -53,6 +53,7 @@ _SUBMODULES = {
     "cli",
     "init",
     "credit",
+    "sampling",
 }
 
 __all__ = ["__version__", *sorted(_LAZY_ATTRS), *sorted(_SUBMODULES)]
@@ -75,7 +76,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for static analysers only
-    from coreopt import errors, manifold, objective, parallel, status
+    from coreopt import errors, manifold, objective, parallel, sampling, status
     from coreopt.manifold import cayley, skew
     from coreopt.objective import (
         MinimizeConfig,
