@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -32,6 +33,8 @@ class FakeServer:
 
     answer: Callable[[list[dict[str, str]]], str] = default_answer
     delay: float = 0.0
+    prompt_tokens: int = 10  # usage reported by chat completions
+    completion_tokens: int = 5
     fail: list[int] = field(default_factory=list)  # status codes returned by the next requests
     requests: int = 0
     chat_requests: int = 0
@@ -70,9 +73,9 @@ class FakeServer:
                         }
                     ],
                     "usage": {
-                        "prompt_tokens": 10,
-                        "completion_tokens": 5,
-                        "total_tokens": 15,
+                        "prompt_tokens": self.prompt_tokens,
+                        "completion_tokens": self.completion_tokens,
+                        "total_tokens": self.prompt_tokens + self.completion_tokens,
                     },
                 }
             if path.endswith("/completions"):  # echo scoring: -0.5 per word of the continuation
@@ -111,12 +114,14 @@ class FakeServer:
                 self.in_flight -= 1
 
 
-@pytest.fixture
-def fake_server() -> Iterator[FakeServer]:
-    state = FakeServer()
+@contextlib.contextmanager
+def serve(state: FakeServer | None = None) -> Iterator[FakeServer]:
+    """Run the fake server on a free port of 127.0.0.1 (``state.url`` is its ``/v1`` base URL)."""
+    state = state or FakeServer()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms ACK stall
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
@@ -134,8 +139,11 @@ def fake_server() -> Iterator[FakeServer]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 256  # bursts of 64+ concurrent connections
+
+    server = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
@@ -144,3 +152,9 @@ def fake_server() -> Iterator[FakeServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeServer]:
+    with serve() as state:
+        yield state

@@ -96,9 +96,83 @@ def test_call_budget_raises_budget_exhausted(fake_server) -> None:
     assert fake_server.requests == 2
 
 
-def test_token_budget(fake_server) -> None:
-    llm = LLM(backend(fake_server), cache=False, budget=Budget(tokens=20))
-    llm.generate("a")  # 15 tokens
-    llm.generate("b")  # 30: over after this one
+def test_token_budget_reserves_before_dispatch(fake_server) -> None:
+    llm = LLM(backend(fake_server), cache=False, budget=Budget(tokens=120))
+    small = Decoding(max_tokens=5)
+    need = llm.reservation("a", new_tokens=5)  # 1 + 4 bytes ("user") + template + max_tokens
+    assert need == 5 + 16 + 8 + 5
+    llm.generate("a", small)  # 15 tokens billed
+    llm.generate("b", small)  # 30
+    llm.generate("c", small)  # 45
     with pytest.raises(BudgetExhaustedError, match="token"):
-        llm.generate("c")
+        llm.generate("d", Decoding(max_tokens=90))  # 45 + 5 + 24 + 90 > 120: never dispatched
+    assert fake_server.requests == 3
+    assert llm.ledger.totals() == (3, 45, 0)
+
+
+def burst(llm: LLM, n: int) -> list[object]:
+    async def go() -> list[object]:
+        return await asyncio.gather(
+            *(llm.agenerate(f"question {i}", Decoding(max_tokens=5)) for i in range(n)),
+            return_exceptions=True,
+        )
+
+    return asyncio.run(go())
+
+
+def test_token_budget_is_never_exceeded_at_high_concurrency(fake_server) -> None:
+    fake_server.delay = 0.05
+    budget = 3000  # 200 calls of 15 tokens; each reserves 45
+    llm = LLM(backend(fake_server), max_concurrency=64, cache=False, budget=Budget(tokens=budget))
+    outs = burst(llm, 300)
+    done = [o for o in outs if not isinstance(o, BaseException)]
+    assert all(isinstance(o, BudgetExhaustedError) for o in outs if isinstance(o, BaseException))
+    _, spent, reserved = llm.ledger.totals()
+    assert reserved == 0
+    assert spent == llm.usage.tokens == 15 * len(done) == 15 * fake_server.requests
+    assert spent <= budget
+    assert fake_server.max_in_flight > 32  # the calls really ran concurrently
+    need = llm.reservation("question 299", new_tokens=5)
+    assert spent > budget - need  # refused only when spent tokens leave no room: little unused
+
+
+def test_token_overshoot_is_bounded_by_the_calls_in_flight(fake_server) -> None:
+    """A server billing more than reserved (an unusual tokenizer) overshoots the budget by at
+    most the excess of the calls in flight, as documented on Budget."""
+    fake_server.delay = 0.05
+    fake_server.prompt_tokens = 100  # the reservation assumed about 25 for the prompt
+    llm = LLM(backend(fake_server), max_concurrency=16, cache=False, budget=Budget(tokens=1000))
+    burst(llm, 200)
+    _, spent, reserved = llm.ledger.totals()
+    excess = 105 - llm.reservation("question 199", new_tokens=5)
+    assert excess > 0
+    assert reserved == 0
+    assert 1000 < spent <= 1000 + llm.max_concurrency * excess
+
+
+def test_failed_and_retried_calls_release_their_reservation(fake_server) -> None:
+    fake_server.fail = [500] * 3
+    llm = LLM(backend(fake_server, max_retries=0), cache=False, budget=Budget(tokens=10_000))
+    for _ in range(3):
+        with pytest.raises(LLMError):
+            llm.generate("x")
+    assert llm.ledger.totals() == (3, 0, 0)
+    llm.generate("x")
+    assert llm.ledger.totals() == (4, 15, 0)
+
+
+def test_backend_pickles_without_clients_and_without_the_environment_key(
+    fake_server, monkeypatch
+) -> None:
+    import pickle
+
+    monkeypatch.setenv("OPENAI_API_KEY", "env-secret")
+    llm = LLM(OpenAIBackend("fake-model", base_url=fake_server.url), cache=False)
+    llm.generate("warm up")  # builds an SDK client bound to that loop
+    blob = pickle.dumps(llm)
+    assert b"env-secret" not in blob  # read again from the environment where the copy runs
+    copy = pickle.loads(blob)
+    assert copy.generate("hi").text == "answer citing 0 sources"
+    assert fake_server.bodies[-1]["model"] == "fake-model"
+    given = OpenAIBackend("m", base_url=fake_server.url, api_key="given")
+    assert b"given" in pickle.dumps(given)  # an explicit key travels with the copy

@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from coreopt.errors import BudgetExhaustedError
 from coreopt.game.result import LeastCoreConfig, LeastCoreResult
 from coreopt.llm import LLM, Budget, Decoding, LLMError, Usage, make_llm, mean_and_stderr
 from coreopt.llm.cache import text_hash
 from coreopt.llm.client import run_sync
+from coreopt.parallel import ExecutorSpec, parallel_map
 from coreopt.status import Status
 
 logger = logging.getLogger("coreopt.credit")
@@ -99,7 +101,11 @@ class CreditResult:
         scoring: how coalitions were valued.
         model: ``backend/model`` that answered.
         usage: the LLM's counters (paid calls, tokens, cache hits, merged calls).
-        status: ``CONVERGED`` when every query's solve converged, else the first other status.
+        status: ``CONVERGED`` when every query's solve converged, else the first other status
+            (``BUDGET_EXHAUSTED`` when an LLM budget ran out).
+        unsolved: queries the LLM budget ran out on before any LP could be solved (their full
+            answer, ``v(N)``, ``v(∅)`` or a singleton was missing); they add no credit, and what
+            they paid for stays in the cache.
     """
 
     credit: dict[Hashable, float]
@@ -109,6 +115,7 @@ class CreditResult:
     model: str
     usage: Usage
     status: Status
+    unsolved: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         """A plain-text table of credits, largest first, with each query's certificate."""
@@ -122,6 +129,8 @@ class CreditResult:
                 f"query {q.query[:48]!r}: epsilon in [{r.epsilon:.4g}, {r.epsilon_upper:.4g}]"
                 f"{' (exact)' if r.exact else ''}, {r.value_calls} value calls, {r.status.value}"
             )
+        for query in self.unsolved:
+            lines.append(f"query {query[:48]!r}: unsolved, the LLM budget ran out first")
         u = self.usage
         lines.append(
             f"{self.model} ({self.scoring}): {u.calls} paid LLM calls, {u.cache_hits} cached, "
@@ -152,6 +161,7 @@ class CreditResult:
                 }
                 for q in self.queries
             ],
+            "unsolved": list(self.unsolved),
         }
 
 
@@ -199,6 +209,8 @@ def assign(
     cache: Any = None,
     max_concurrency: int = 8,
     progress: bool | None = None,
+    executor: ExecutorSpec = None,
+    max_workers: int | None = None,
     **overrides: Any,
 ) -> CreditResult:
     """Least-core credit of each source for answering ``query`` (or several queries).
@@ -222,8 +234,12 @@ def assign(
         samples: answers per coalition for judge/embedding scoring (mean; standard error kept).
         decoding: decoding parameters of the answers (default greedy, 64 tokens).
         cache: the LLM cache (see :class:`~coreopt.llm.LLM`); ignored when ``llm`` is an LLM.
-        max_concurrency: LLM calls in flight.
+        max_concurrency: LLM calls in flight (over every query solved at once).
         progress: tqdm bars.
+        executor: how several queries are solved: ``None`` (default) one after another in this
+            process; ``"threads"``, ``"ray"`` or a :class:`concurrent.futures.Executor`: one
+            least-core solve per query, fanned out (see :func:`assign_items`).
+        max_workers: threads for ``executor="threads"``.
 
     Returns:
         A :class:`CreditResult`.
@@ -243,6 +259,8 @@ def assign(
         cache=cache,
         max_concurrency=max_concurrency,
         progress=progress,
+        executor=executor,
+        max_workers=max_workers,
         **overrides,
     )
 
@@ -261,10 +279,28 @@ def assign_items(
     max_concurrency: int = 8,
     progress: bool | None = None,
     embedder: Any = None,
+    executor: ExecutorSpec = None,
+    max_workers: int | None = None,
     **overrides: Any,
 ) -> CreditResult:
     """:func:`assign` over several items, each with its own query and sources; a source id shared
-    by several items is one source, and its credits add up."""
+    by several items is one source, and its credits add up.
+
+    ``executor`` fans the items out, one least-core solve per item: ``"threads"`` (a thread
+    pool in this process; the LLM's concurrency limit, in-flight merging, cache and budget are
+    shared by every thread), ``"ray"`` (one Ray task per item, ``pip install 'coreopt[ray]'``),
+    or any :class:`concurrent.futures.Executor` (a configured
+    :class:`~coreopt.parallel.RayExecutor`, a process pool). In other processes each task gets
+    a copy of the LLM: its backend is rebuilt there (SDK clients; a transformers model is loaded
+    once per worker process, on that worker's device), it reopens the same sqlite cache file
+    (WAL: shared safely by the processes of one machine), and a budget is shared through a
+    ledger table in that file (:meth:`~coreopt.llm.LLM.share_budget`); the workers' usage is
+    added to the LLM's :attr:`~coreopt.llm.LLM.usage` here. Functions (callable backends) must
+    be picklable (Ray uses cloudpickle: closures work). Unlike :func:`~coreopt.parallel.
+    parallel_map`, ``executor=None`` means one item after another: with a budget shared by the
+    items, the first ones get it. Results do not depend on the executor (each solve is seeded),
+    except which items a budget runs out on.
+    """
     if not items:
         raise ValueError("no queries to assign credit for")
     if samples < 1:
@@ -293,8 +329,33 @@ def assign_items(
     cfg = dataclasses.replace(config or LeastCoreConfig(normalize=True, retries=0), **extra)
     task = _Task(answerer, rater, mode, samples, decoding or Decoding(), cfg, embedder)
     per_query: list[QueryCredit] = []
-    for item in items:
-        per_query.append(run_sync(functools.partial(task.solve, item)))
+    unsolved: list[str] = []
+    if executor is None:
+        outs = [_SolveOne(task)(item) for item in items]
+    else:
+        quiet = dataclasses.replace(task, cfg=dataclasses.replace(cfg, progress=False))
+        outs = parallel_map(
+            _SolveOne(quiet),
+            items,
+            executor=executor,
+            max_workers=max_workers,
+            progress=progress,
+            desc="credit: queries",
+        )
+    for item, (qc, used, judged) in zip(items, outs, strict=True):
+        if qc is None:
+            unsolved.append(item.query)
+        else:
+            per_query.append(qc)
+        if used is not None:  # solved on a copy of the LLM in another process
+            answerer.usage.add(used)
+        if judged is not None and rater is not answerer:
+            rater.usage.add(judged)
+    if not per_query:
+        raise BudgetExhaustedError(
+            f"the LLM budget ({answerer.budget}) ran out before any query could be solved; "
+            "every call paid for is in the LLM cache"
+        )
     total: dict[Hashable, float] = {}
     for q in per_query:
         for sid, c in q.credit.items():
@@ -302,6 +363,8 @@ def assign_items(
     s = sum(total.values())
     share = {k: (v / s if s else float("nan")) for k, v in total.items()}
     status = next((q.result.status for q in per_query if q.result.status != "converged"), None)
+    if unsolved:
+        status = Status.BUDGET_EXHAUSTED
     return CreditResult(
         credit=total,
         share=share,
@@ -310,6 +373,7 @@ def assign_items(
         model=f"{answerer.name}/{answerer.model}",
         usage=answerer.usage,
         status=status or Status.CONVERGED,
+        unsolved=unsolved,
     )
 
 
@@ -400,6 +464,27 @@ class _Task:
             template=text_hash("judge", template, prompt),
         )
         return parse_rating(out.text)
+
+
+@dataclass(frozen=True)
+class _SolveOne:
+    """One item's solve, as a picklable callable for executors (Ray tasks, process pools)."""
+
+    task: _Task
+
+    def __call__(self, item: CreditItem) -> tuple[QueryCredit | None, Usage | None, Usage | None]:
+        qc: QueryCredit | None
+        try:
+            qc = run_sync(functools.partial(self.task.solve, item))
+        except BudgetExhaustedError:  # before any LP: the item stays unsolved
+            logger.info("LLM budget ran out before the query %r could be solved", item.query)
+            qc = None
+        llm, judge = self.task.llm, self.task.judge
+        return (
+            qc,
+            llm.usage if llm.is_copy else None,
+            judge.usage if judge.is_copy and judge is not llm else None,
+        )
 
 
 def load_items(path: str | Path) -> list[CreditItem]:

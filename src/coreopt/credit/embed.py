@@ -35,7 +35,11 @@ class MiniLMEmbedder:
         self.model = AutoModel.from_pretrained(str(path)).eval()
         if device is not None:
             self.model.to(device)
+        self._device = device
         self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_embedder, (self._device,))  # loaded again (once) where it is unpickled
 
     def embed(self, texts: list[str]) -> Any:
         """Embeddings of ``texts``, shape ``(len(texts), 384)``, unit norm."""
@@ -53,3 +57,15 @@ class MiniLMEmbedder:
         """Cosine similarity of two texts."""
         e = self.embed([a, b])
         return float((e[0] * e[1]).sum())
+
+
+_LOADED: dict[str, MiniLMEmbedder] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def _load_embedder(device: Any) -> MiniLMEmbedder:
+    with _LOADED_LOCK:
+        key = repr(device)
+        if key not in _LOADED:
+            _LOADED[key] = MiniLMEmbedder(device)
+        return _LOADED[key]

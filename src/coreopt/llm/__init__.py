@@ -16,7 +16,15 @@ from typing import Any
 from coreopt.errors import BudgetExhaustedError
 from coreopt.llm.backends import AnthropicBackend, CallableBackend, OpenAIBackend
 from coreopt.llm.cache import CacheKey, SQLiteCache, default_cache_path
-from coreopt.llm.client import LLM, Budget, Usage, mean_and_stderr, run_sync
+from coreopt.llm.client import (
+    LLM,
+    Budget,
+    MemoryLedger,
+    SQLiteLedger,
+    Usage,
+    mean_and_stderr,
+    run_sync,
+)
 from coreopt.llm.hf import (
     EmbeddedModelMissingError,
     TransformersBackend,
@@ -44,9 +52,11 @@ __all__ = [
     "Decoding",
     "EmbeddedModelMissingError",
     "LLMError",
+    "MemoryLedger",
     "OpenAIBackend",
     "Prompt",
     "SQLiteCache",
+    "SQLiteLedger",
     "TransformersBackend",
     "UnsupportedOperationError",
     "Usage",

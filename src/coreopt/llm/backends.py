@@ -1,18 +1,21 @@
 """Remote and callable backends: OpenAI-compatible servers, Anthropic, any Python function.
 
 SDKs are imported only when a backend is built. Each SDK client is bound to the event loop it was
-first used on (its connection pool is), so a client is kept per running loop.
+first used on (its connection pool is), so a client is kept per running loop. Backends pickle
+without their clients (a Ray worker builds its own); an API key given as an argument travels with
+the copy, one read from the environment is read again where the copy runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import inspect
 import math
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from coreopt.errors import BackendNotInstalledError
@@ -28,7 +31,12 @@ from coreopt.llm.types import (
 
 
 class _PerLoop:
-    """A value made lazily for each running event loop (SDK clients hold loop-bound pools)."""
+    """A value made lazily for each running event loop (SDK clients hold loop-bound pools).
+
+    Each value is closed (its async ``close()`` awaited) when its loop shuts down its async
+    generators, as ``asyncio.run`` does before closing the loop; otherwise the SDK would close
+    its connections later, from another loop, and log "Event loop is closed" errors.
+    """
 
     def __init__(self, make: Callable[[], Any]) -> None:
         self._make = make
@@ -39,8 +47,23 @@ class _PerLoop:
     def get(self) -> Any:
         loop = asyncio.get_running_loop()
         if loop not in self._values:
-            self._values[loop] = self._make()
-        return self._values[loop]
+            value = self._make()
+            hook = _close_on_shutdown(value)
+            step: Any = hook.__anext__()  # registers the generator with this loop
+            with contextlib.suppress(StopIteration):
+                step.send(None)  # runs it to its ``yield`` at once
+            self._values[loop] = (value, hook)  # the loop only holds the hook weakly
+        return self._values[loop][0]
+
+
+async def _close_on_shutdown(value: Any) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        close = getattr(value, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
 
 
 class OpenAIBackend:
@@ -82,29 +105,30 @@ class OpenAIBackend:
             raise ValueError("model is required: pass model=... or set COREOPT_LLM_MODEL")
         self.model = model
         self.base_url = base_url or os.environ.get("COREOPT_LLM_BASE_URL") or None
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        if key is None:
-            if self.base_url is None:
-                raise ValueError(
-                    "no API key: pass api_key=..., set OPENAI_API_KEY, or point base_url / "
-                    "COREOPT_LLM_BASE_URL at a local server"
-                )
-            key = "not-needed"  # local servers ignore it; the SDK requires one
+        if api_key is None and os.environ.get("OPENAI_API_KEY") is None and self.base_url is None:
+            raise ValueError(
+                "no API key: pass api_key=..., set OPENAI_API_KEY, or point base_url / "
+                "COREOPT_LLM_BASE_URL at a local server"
+            )
         self.logprobs = logprobs
         self.max_retries = max_retries
+        self._api_key = api_key  # an explicit key travels with a pickled copy; else $OPENAI_API_KEY
+        self._client_kwargs = {"max_retries": max_retries, "timeout": timeout, **client_kwargs}
+        self._clients = _PerLoop(self._make_client)
 
-        def make() -> Any:
-            import openai
+    def _make_client(self) -> Any:
+        import openai
 
-            return openai.AsyncOpenAI(
-                base_url=self.base_url,
-                api_key=key,
-                max_retries=max_retries,
-                timeout=timeout,
-                **client_kwargs,
-            )
+        # local servers ignore the key; the SDK requires one
+        key = self._api_key or os.environ.get("OPENAI_API_KEY") or "not-needed"
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=key, **self._client_kwargs)
 
-        self._clients = _PerLoop(make)
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_clients"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._clients = _PerLoop(self._make_client)
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
@@ -167,11 +191,13 @@ class OpenAIBackend:
                 total += float(value)
                 count += 1
         usage = resp.usage
-        return Completion(
+        billed_prompt = int(getattr(usage, "prompt_tokens", 0) or 0)  # includes the continuation
+        billed_new = int(getattr(usage, "completion_tokens", 0) or 0)  # the one echo token
+        return Completion(  # totals what was billed: the continuation is counted once
             text=continuation,
             logprob=total,
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=count,
+            prompt_tokens=max(billed_prompt - count, 0),
+            completion_tokens=min(count, billed_prompt) + billed_new,
         )
 
     def is_transient(self, exc: BaseException) -> bool:
@@ -215,19 +241,26 @@ class AnthropicBackend:
         if not model:
             raise ValueError("model is required: pass model=... or set COREOPT_LLM_MODEL")
         self.model = model
+        self._client_kwargs = {
+            "api_key": api_key,  # None: $ANTHROPIC_API_KEY, read by the SDK where it runs
+            "base_url": base_url,
+            "max_retries": max_retries,
+            "timeout": timeout,
+            **client_kwargs,
+        }
+        self._clients = _PerLoop(self._make_client)
 
-        def make() -> Any:
-            import anthropic
+    def _make_client(self) -> Any:
+        import anthropic
 
-            return anthropic.AsyncAnthropic(
-                api_key=api_key,
-                base_url=base_url,
-                max_retries=max_retries,
-                timeout=timeout,
-                **client_kwargs,
-            )
+        return anthropic.AsyncAnthropic(**self._client_kwargs)
 
-        self._clients = _PerLoop(make)
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_clients"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._clients = _PerLoop(self._make_client)
 
     def __repr__(self) -> str:
         return f"AnthropicBackend(model={self.model!r})"

@@ -72,6 +72,17 @@ class TransformersBackend:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self.forward_passes = 0
+        self._spec: tuple[str, dict[str, Any]] | None = None  # how to load it again elsewhere
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A loaded model travels as its loader call (a Ray worker loads it once, on its own
+        # device); one built from objects travels with its weights.
+        if self._spec is not None:
+            return (_load_backend, self._spec)
+        state = {
+            k: v for k, v in self.__dict__.items() if k not in ("_run_lock", "_queues", "_tasks")
+        }
+        return (_rebuild_backend, (state,))
 
     def __repr__(self) -> str:
         return f"TransformersBackend(model={self.model!r}, device={self.device})"
@@ -100,13 +111,25 @@ class TransformersBackend:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), **kw, **({"dtype": dtype} if dtype is not None else {})
         )
-        return cls(
+        backend = cls(
             model,
             tok,
             model_id=model_id or (gguf_file or Path(path).name),
             batch_size=batch_size,
             device=resolve_device(device),
         )
+        backend._spec = (
+            "from_pretrained",
+            {
+                "path": str(path),
+                "gguf_file": gguf_file,
+                "device": device,
+                "dtype": dtype,
+                "batch_size": batch_size,
+                "model_id": model_id,
+            },
+        )
+        return backend
 
     # -- prompts ---------------------------------------------------------------------------------
 
@@ -119,6 +142,15 @@ class TransformersBackend:
                 )
             )
         return as_text(prompt) + "\n"
+
+    def count_tokens(self, prompt: Prompt, continuation: str = "") -> int:
+        """Exact tokens of the rendered prompt (plus ``continuation``), as the model sees them
+        (used to reserve token budgets)."""
+        tok = self.tokenizer
+        n = len(tok(self.render(prompt), add_special_tokens=False)["input_ids"])
+        if continuation:
+            n += len(tok(continuation, add_special_tokens=False)["input_ids"])
+        return n
 
     # -- generation ------------------------------------------------------------------------------
 
@@ -306,9 +338,42 @@ def embedded(
                 tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return TransformersBackend.from_pretrained(
+    backend = TransformersBackend.from_pretrained(
         target, device=device, batch_size=batch_size, model_id=EMBEDDED_MODEL
     )
+    backend._spec = (
+        "embedded",
+        {"device": device, "batch_size": batch_size, "cache_dir": cache_dir},
+    )
+    return backend
+
+
+_LOADED: dict[str, TransformersBackend] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def _load_backend(loader: str, kwargs: dict[str, Any]) -> TransformersBackend:
+    """Unpickle a loaded backend: load it again, once per process (Ray workers are reused)."""
+    key = f"{loader}:{sorted(kwargs.items(), key=lambda kv: kv[0])!r}"
+    with _LOADED_LOCK:
+        backend = _LOADED.get(key)
+        if backend is None:
+            if loader == "embedded":
+                backend = embedded(**kwargs)
+            else:
+                kw = dict(kwargs)
+                backend = TransformersBackend.from_pretrained(kw.pop("path"), **kw)
+            _LOADED[key] = backend
+        return backend
+
+
+def _rebuild_backend(state: dict[str, Any]) -> TransformersBackend:
+    backend = TransformersBackend.__new__(TransformersBackend)
+    backend.__dict__.update(state)
+    backend._run_lock = threading.Lock()
+    backend._queues = weakref.WeakKeyDictionary()
+    backend._tasks = set()
+    return backend
 
 
 def embedded_available() -> bool:
