@@ -58,6 +58,16 @@ def random_traces(n: int = 10, seed: int = 0, vocab: int = VOCAB):
     return out
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread (on a shared 2-core machine two threads can be 100x
+    slower for these sizes); restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def teacher():
     return tiny_llama(0)

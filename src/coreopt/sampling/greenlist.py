@@ -142,18 +142,32 @@ class HashGreenList:
             s = _mix32(s ^ _mix32(tok ^ k2))
         return s
 
+    def _token_words(self, device: torch.device) -> torch.Tensor:
+        """The per-token hash ``P(t)`` (depends on the key only; cached per device)."""
+        cache: dict[str, torch.Tensor] = self.__dict__.setdefault("_token_cache", {})
+        words = cache.get(str(device))
+        if words is None:
+            vocab = torch.arange(self.vocab_size, dtype=torch.int64, device=device)
+            words = _mix32(_mix32(vocab ^ self._words[3]) ^ self._words[2])
+            cache[str(device)] = words
+        return words
+
     def mask(self, ngrams: torch.Tensor) -> torch.Tensor:
         """``(N, vocab_size)`` bool green mask of ``(N, context_width)`` n-grams (``-1``: none)."""
         if ngrams.dim() != 2 or ngrams.shape[1] != self.context_width:
             raise ValueError(
                 f"ngrams must have shape (N, {self.context_width}), got {tuple(ngrams.shape)}"
             )
-        k3 = self._words[3]
         seeds = self._seeds(ngrams)
-        vocab = torch.arange(self.vocab_size, dtype=torch.int64, device=ngrams.device)
-        per_token = _mix32((vocab * 2 + 1) ^ k3)
-        u = _mix32(seeds[:, None] ^ per_token[None, :])
-        green = u < int(self.gamma * 2**32)
+        # two multiply-xorshift rounds of (row seed XOR token word); one round is not enough:
+        # some pairs of seeds then give strongly correlated lists
+        x = seeds[:, None] ^ self._token_words(ngrams.device)[None, :]
+        for _ in range(2):
+            x ^= x >> 16
+            x *= _MUL
+            x &= _MASK32
+        x ^= x >> 16
+        green = x < int(self.gamma * 2**32)
         if self.special_token_ids:
             green[:, list(self.special_token_ids)] = False
         return green
