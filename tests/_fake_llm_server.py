@@ -1,5 +1,10 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 (stdlib), with scripted answers, injected
-429/500 errors and delays, so the real ``openai`` client path is exercised without a network."""
+429/500 errors and delays, so the real ``openai`` client path is exercised without a network.
+
+Tests use the ``fake_server`` fixture; ``python tests/_fake_llm_server.py --delay 0.05`` runs it in
+a process of its own (as ``benchmarks/llm_calls.py`` does), prints its URL and serves until its
+standard input closes.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pytest
+try:
+    import pytest
+except ImportError:  # run as a script in an environment without pytest
+    pytest = None  # type: ignore[assignment]
 
 
 def default_answer(messages: list[dict[str, str]]) -> str:
@@ -154,7 +162,27 @@ def serve(state: FakeServer | None = None) -> Iterator[FakeServer]:
         server.server_close()
 
 
-@pytest.fixture
-def fake_server() -> Iterator[FakeServer]:
-    with serve() as state:
-        yield state
+if pytest is not None:
+
+    @pytest.fixture
+    def fake_server() -> Iterator[FakeServer]:
+        with serve() as state:
+            yield state
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until standard input closes; print the base URL first."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="the fake OpenAI-compatible server")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds per request")
+    args = parser.parse_args(argv)
+    with serve(FakeServer(delay=args.delay)) as state:
+        print(state.url, flush=True)
+        sys.stdin.read()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
