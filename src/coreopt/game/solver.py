@@ -27,6 +27,7 @@ from coreopt.game.oracle import ValueFn, ValueOracle
 from coreopt.game.result import LeastCoreConfig, LeastCoreResult, RoundInfo
 from coreopt.game.rows import ExplicitRows
 from coreopt.game.separation import (
+    SurrogateFit,
     best_by_mincut,
     fit_surrogate,
     local_search,
@@ -246,6 +247,7 @@ def _approximate(
     # of that round before they joined the LP (excesses relative to that round's level)
     probe_stats: tuple[npt.NDArray[np.float64], float] | None = None
     frontier: list[int] = []  # violated coalitions of the last round: local search starts there
+    fit = SurrogateFit(n, cfg.surrogate)
     clean = 0  # consecutive rounds without a violation
     lp_rounds = 0
     t_lp = t_sep = 0.0
@@ -292,7 +294,7 @@ def _approximate(
             ts = time.perf_counter()
             x_cur, _ = payoff(sol)
             level = sol.epsilon + slack
-            candidates = _propose(oracle, sol, x_cur, cfg, n, value, frontier)
+            candidates = _propose(oracle, sol, x_cur, cfg, n, value, frontier, fit)
             probes = random_masks(rng, n, cfg.probes) if "probes" in cfg.oracles else []
             t_sep += time.perf_counter() - ts
             found, checked_all = check(candidates + probes, x_cur, level)
@@ -384,22 +386,26 @@ def _propose(
     n: int,
     value: Any,
     frontier: list[int],
+    fit: SurrogateFit,
 ) -> list[int]:
     """Candidate coalitions for this round, best first, none evaluated yet."""
     known = set(oracle.cache)
     out: list[int] = []
     surrogate = None
-    if "surrogate" in cfg.oracles or "local_search" in cfg.oracles:
+    if ("surrogate" in cfg.oracles or "local_search" in cfg.oracles) and cfg.surrogate_focus > 0:
         masks = np.array([m for m in oracle.cache if m != 0], dtype=np.int64)
         vals = np.array([value(int(m)) for m in masks])
-        weights = None  # the default: an unweighted fit
-        if cfg.surrogate_focus > 0:
-            # Weighted fit (reconstructed option): the surrogate only has to be right where the
-            # excess v(S) - x(S) is high, so coalitions near tight count more.
-            excess = vals - _coalition_sums(x, masks.tolist(), n)
-            spread = max(float(np.std(excess)), 1e-12)
-            weights = np.exp(np.clip((excess - excess.max()) / spread, -cfg.surrogate_focus, 0))
+        # Weighted fit (reconstructed option): the surrogate only has to be right where the
+        # excess v(S) - x(S) is high, so coalitions near tight count more.
+        excess = vals - _coalition_sums(x, masks.tolist(), n)
+        spread = max(float(np.std(excess)), 1e-12)
+        weights = np.exp(np.clip((excess - excess.max()) / spread, -cfg.surrogate_focus, 0))
         surrogate = fit_surrogate(masks, vals, n, kind=cfg.surrogate, weights=weights)
+    elif "surrogate" in cfg.oracles or "local_search" in cfg.oracles:
+        # the default, unweighted fit: normal equations accumulated across rounds
+        new = [m for m in oracle.cache if m != 0 and m not in fit.seen]
+        fit.add(new, [value(m) for m in new])
+        surrogate = fit.fit()
     if "surrogate" in cfg.oracles and surrogate is not None:
         solver = cfg.surrogate_solver
         if solver == "auto":
