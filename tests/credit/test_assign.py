@@ -183,3 +183,60 @@ def test_crash_and_resume_pays_only_for_uncached_calls(tmp_path) -> None:
     assert res.usage.cache_hits == done
     assert res.usage.calls == fresh.usage.calls - done
     assert res.credit == pytest.approx(fresh.credit)
+
+
+KILLED_FROM_OUTSIDE = textwrap.dedent(
+    """
+    import sys, time
+    from coreopt.credit import assign
+    from coreopt.llm import LLM, CallableBackend
+    sys.path.insert(0, {tests!r})
+    from test_assign import SIX, slow_words
+    llm = LLM(CallableBackend(lambda p: "1889", slow_words, model="slow"), cache={cache!r},
+              max_concurrency=4)
+    assign("When?", SIX, llm=llm, progress=False)
+    """
+)
+SIX = {**SOURCES, "map": "The tower stands on the Champ de Mars.", "shop": "Souvenirs here."}
+
+
+def slow_words(prompt: str, continuation: str) -> float:
+    import time
+
+    time.sleep(0.05)
+    return useful_words(prompt, continuation) + 0.5 * ("Champ de Mars" in prompt)
+
+
+def test_sigkill_with_calls_in_flight_loses_only_those_calls(tmp_path) -> None:
+    import time
+    from pathlib import Path
+
+    cache = str(tmp_path / "killed.sqlite")
+    code = KILLED_FROM_OUTSIDE.format(tests=str(Path(__file__).parent), cache=cache)
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (Path(cache).exists() and len(SQLiteCache(cache)) >= 20):
+            assert proc.poll() is None, "the solve exited before it could be killed"
+            assert time.monotonic() < deadline, "the solve never got going"
+            time.sleep(0.01)
+        proc.kill()  # SIGKILL: no cleanup, four calls in flight
+    finally:
+        proc.wait(timeout=30)
+    done = len(SQLiteCache(cache))
+    assert 20 <= done < 1 + 64  # the full answer and some of the 64 coalitions survived
+    resumed = assign(
+        "When?",
+        SIX,
+        llm=LLM(CallableBackend(lambda p: "1889", slow_words, model="slow"), cache=cache),
+        progress=False,
+    )
+    assert resumed.usage.cache_hits == done
+    assert resumed.usage.calls == 1 + 64 - done  # only what the kill left unpaid
+    fresh = assign(
+        "When?",
+        SIX,
+        llm=LLM(CallableBackend(lambda p: "1889", slow_words, model="slow"), cache=False),
+        progress=False,
+    )
+    assert resumed.credit == pytest.approx(fresh.credit)
