@@ -8,8 +8,9 @@ Public entry points (one per solver)::
     coreopt.minimize(objective, params, ...)     # the shared objective layer
     coreopt.resolve_device(...)                  # CUDA when present, CPU otherwise
     coreopt.cayley(A), coreopt.skew(W)           # orthogonal parametrization (manifold)
+    coreopt.quantize(model, bits=3)              # calibration-free weight quantization
 
-Planned (see README): ``coreopt.least_core``, ``coreopt.quantize``, ``coreopt.orthogonal``,
+Planned (see README): ``coreopt.least_core``, ``coreopt.orthogonal``,
 ``coreopt.init``, ``coreopt.sampling``.
 """
 
@@ -40,6 +41,9 @@ _LAZY_ATTRS: dict[str, str] = {
     "aleast_core": "coreopt.game",
     "LeastCoreConfig": "coreopt.game",
     "LeastCoreResult": "coreopt.game",
+    "quantize": "coreopt.quant",
+    "QuantizeConfig": "coreopt.quant",
+    "QuantizeResult": "coreopt.quant",
     "Status": "coreopt.status",
 }
 _SUBMODULES = {
@@ -88,4 +92,5 @@ if TYPE_CHECKING:  # pragma: no cover - for static analysers only
         resolve_dtype,
     )
     from coreopt.parallel import get_executor, parallel_map
+    from coreopt.quant import QuantizeConfig, QuantizeResult, quantize
     from coreopt.status import Status

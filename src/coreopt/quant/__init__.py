@@ -1,0 +1,66 @@
+"""Calibration-free low-bit weight quantization (CafeQ, Sun et al. 2025).
+
+``coreopt.quantize(model, bits=3)`` replaces a model's linear layers by packed b-bit
+:class:`QuantizedLinear` layers, learning block-diagonal input transforms, dual transforms on
+paired weights and the rounding from the weights alone, against a proxy of the quantization loss.
+
+* :func:`quantize`, :class:`QuantizeConfig`, :class:`QuantizeResult`, :class:`LayerReport`;
+* formats and storage: :class:`QuantFormat`, :class:`QuantizedLinear`, :func:`pack_bits`,
+  :func:`unpack_bits`, :func:`save_quantized`, :func:`load_quantized`;
+* building blocks: :func:`learn_transform`, :func:`gptq`, the dual transforms
+  (:func:`fold_vo`, :func:`fold_qk`, :func:`fold_gated`), :func:`discover`;
+* extension: :func:`register_method`.
+"""
+
+from coreopt.quant.config import MetaDeviceError, NonFiniteWeightError, QuantizeConfig
+from coreopt.quant.format import (
+    SUPPORTED_BITS,
+    QuantFormat,
+    UnsupportedFormatError,
+    dequantize_codes,
+    fake_quantize,
+    rtn,
+)
+from coreopt.quant.io import load_quantized, save_quantized
+from coreopt.quant.linear import QuantizedLinear
+from coreopt.quant.methods import LayerOutcome, MatrixTask, PairTask, register_method
+from coreopt.quant.packing import pack_bits, unpack_bits
+from coreopt.quant.pairs import fold_gated, fold_qk, fold_vo
+from coreopt.quant.proxy import InputMoments
+from coreopt.quant.quantize import LayerReport, QuantizeResult, model_bytes, quantize
+from coreopt.quant.rounding import gptq
+from coreopt.quant.single import learn_transform
+from coreopt.quant.structure import ModelStructure, discover
+
+__all__ = [
+    "SUPPORTED_BITS",
+    "InputMoments",
+    "LayerOutcome",
+    "LayerReport",
+    "MatrixTask",
+    "MetaDeviceError",
+    "ModelStructure",
+    "NonFiniteWeightError",
+    "PairTask",
+    "QuantFormat",
+    "QuantizeConfig",
+    "QuantizeResult",
+    "QuantizedLinear",
+    "UnsupportedFormatError",
+    "dequantize_codes",
+    "discover",
+    "fake_quantize",
+    "fold_gated",
+    "fold_qk",
+    "fold_vo",
+    "gptq",
+    "learn_transform",
+    "load_quantized",
+    "model_bytes",
+    "pack_bits",
+    "quantize",
+    "register_method",
+    "rtn",
+    "save_quantized",
+    "unpack_bits",
+]

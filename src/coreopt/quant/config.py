@@ -1,0 +1,129 @@
+"""``QuantizeConfig`` and the named errors of :mod:`coreopt.quant`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from coreopt.errors import CoreoptError
+from coreopt.quant.format import QuantFormat
+
+Method = Literal["rtn", "hadamard", "cafeq"]
+METHODS: tuple[str, ...] = ("rtn", "hadamard", "cafeq")
+
+
+class NonFiniteWeightError(CoreoptError, ValueError):
+    """A weight to quantize holds NaN or infinity."""
+
+
+class MetaDeviceError(CoreoptError, ValueError):
+    """The model's weights are on the ``meta`` device (not materialised): nothing to quantize."""
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Options of :func:`coreopt.quantize`, validated on construction (``ValueError``/``TypeError``).
+
+    Attributes:
+        bits: bits per weight: 2, 3, 4 or 8.
+        group_size: input columns per scale/zero point: 32, 64, 128 (any multiple of 32). A layer
+            whose input width is not a multiple is stored padded with zero columns.
+        method: ``"rtn"`` (round to nearest, min-max scales), ``"hadamard"`` (random block
+            Hadamard input transform + RTN, QuaRot-style), ``"cafeq"`` (learned transforms, dual
+            transforms on pairs and adaptive rounding against a data-free proxy), or a name added
+            with :func:`coreopt.quant.register_method`.
+        transform: for ``"cafeq"``: ``"learned"`` block-diagonal input transform, fixed random
+            ``"hadamard"`` or ``"identity"`` (no runtime transform).
+        transform_family: ``"orthogonal"`` (Cayley map of :mod:`coreopt.manifold`, ``T⁻¹ = Tᵀ``)
+            or ``"invertible"`` (any invertible blocks).
+        block_size: block of the input transform (runtime cost: ``block_size`` multiply-adds per
+            input feature and token, ``block_size / out_features`` relative to the matmul). A layer
+            whose input width it does not divide gets no transform.
+        steps: optimizer steps for each learned transform; ``lr`` its learning rate (Adam).
+        dual: learn and fold dual transforms on paired weights (V/O and Q/K per head, up/down of
+            gated MLPs); exact in floating point, no runtime cost.
+        dual_steps: optimizer steps for each dual transform.
+        rounding: ``"gptq"`` (error feedback against the proxy Hessian; alternating on V/O and Q/K
+            pairs) or ``"nearest"``.
+        clip_search: search a range shrink factor per group (``False``: plain min-max ranges).
+        prior: ``"structure"`` weighs the proxy by input second moments read off the model's
+            norms and preceding layers (no data); ``"identity"`` is CafeQ's plain Frobenius proxy.
+        select: per layer (or pair), keep the candidate with the lowest proxy loss among the
+            transformed one and plain round-to-nearest, so a layer is never worse than RTN on the
+            proxy.
+        include_head: also quantize the output head (LM head / classifier).
+        skip: ``fnmatch`` patterns of module names to leave in floating point.
+        scale_dtype: storage dtype of scales and zero points.
+        device: where to compute: ``None`` keeps each layer where it is, ``"auto"`` uses CUDA when
+            present; results are moved back to the layer's device.
+        executor: ``None``/``"threads"``, ``"ray"`` or a ``concurrent.futures.Executor`` to fan the
+            layers out (see :mod:`coreopt.parallel`); ``max_workers`` bounds the threads.
+        seed: seed of the random Hadamard initialisations.
+        progress: tqdm bar per layer; ``None`` shows it only on a terminal or notebook.
+    """
+
+    bits: int = 4
+    group_size: int = 64
+    method: str = "cafeq"
+    transform: Literal["learned", "hadamard", "identity"] = "learned"
+    transform_family: Literal["orthogonal", "invertible"] = "orthogonal"
+    block_size: int = 64
+    steps: int = 100
+    lr: float = 0.02
+    dual: bool = True
+    dual_steps: int = 60
+    rounding: Literal["gptq", "nearest"] = "gptq"
+    clip_search: bool = True
+    prior: Literal["structure", "identity"] = "structure"
+    select: bool = True
+    include_head: bool = False
+    skip: tuple[str, ...] = ()
+    scale_dtype: torch.dtype = torch.float16
+    device: str | torch.device | None = None
+    executor: Any = None
+    max_workers: int | None = None
+    seed: int = 0
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        QuantFormat(self.bits, self.group_size, self.scale_dtype)  # raises UnsupportedFormatError
+        from coreopt.quant.methods import registered_methods
+
+        if self.method not in registered_methods():
+            raise ValueError(
+                f"method={self.method!r} is unknown; expected one of {registered_methods()}"
+            )
+        _choice("transform", self.transform, ("learned", "hadamard", "identity"))
+        _choice("transform_family", self.transform_family, ("orthogonal", "invertible"))
+        _choice("rounding", self.rounding, ("gptq", "nearest"))
+        _choice("prior", self.prior, ("structure", "identity"))
+        if (
+            isinstance(self.block_size, bool)
+            or not isinstance(self.block_size, int)
+            or self.block_size < 2
+            or self.block_size & (self.block_size - 1)
+        ):
+            raise ValueError(f"block_size must be a power of two >= 2, got {self.block_size!r}")
+        for name in ("steps", "dual_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
+        if isinstance(self.skip, str) or not all(isinstance(s, str) for s in self.skip):
+            raise TypeError("skip must be a tuple of fnmatch patterns (strings)")
+        if self.max_workers is not None and self.max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {self.max_workers}")
+
+    @property
+    def format(self) -> QuantFormat:
+        """The integer format."""
+        return QuantFormat(self.bits, self.group_size, self.scale_dtype)
+
+
+def _choice(name: str, value: object, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"{name}={value!r} is unknown; expected one of {options}")

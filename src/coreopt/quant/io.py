@@ -1,0 +1,115 @@
+"""Save and load quantized models with safetensors.
+
+The file holds the model's whole ``state_dict`` (packed codes, scales, zero points, transforms,
+biases, and every layer that stayed in floating point) plus, in the safetensors metadata, the
+configuration of each :class:`~coreopt.quant.linear.QuantizedLinear`. Loading rebuilds those layers
+inside a freshly constructed model of the same architecture (for transformers:
+``AutoModel.from_config(config)``) and loads the tensors into it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from coreopt.errors import BackendNotInstalledError
+from coreopt.quant.format import QuantFormat
+from coreopt.quant.linear import QuantizedLinear
+
+METADATA_KEY = "coreopt.quant.layers"
+FORMAT_VERSION = "1"
+
+
+def _safetensors() -> Any:
+    try:
+        import safetensors.torch as st
+    except ImportError as exc:  # pragma: no cover - safetensors ships with transformers
+        raise BackendNotInstalledError("safetensors", "hf") from exc
+    return st
+
+
+def _dtype(name: str) -> torch.dtype:
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r} in the file's metadata")
+    return dt
+
+
+def save_quantized(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Write ``model`` (quantized by :func:`coreopt.quantize`) to a ``.safetensors`` file.
+
+    Tied weights (an LM head sharing the embedding) are stored once.
+
+    Raises:
+        ValueError: the model holds no :class:`QuantizedLinear`.
+    """
+    layers = {
+        n: m.config_dict() for n, m in model.named_modules() if isinstance(m, QuantizedLinear)
+    }
+    if not layers:
+        raise ValueError("the model has no QuantizedLinear layer; quantize it first")
+    st = _safetensors()
+    meta = {METADATA_KEY: json.dumps(layers), "coreopt.quant.version": FORMAT_VERSION}
+    st.save_model(model, os.fspath(path), metadata=meta)
+
+
+def read_layer_configs(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The per-layer configuration stored in a file written by :func:`save_quantized`."""
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{os.fspath(path)!r} was not written by coreopt.quant.save_quantized")
+    layers: dict[str, dict[str, Any]] = json.loads(meta[METADATA_KEY])
+    return layers
+
+
+def load_quantized(
+    model: nn.Module, path: str | os.PathLike[str], *, device: str | torch.device | None = None
+) -> nn.Module:
+    """Load a file written by :func:`save_quantized` into ``model`` (same architecture, unquantized,
+    any weights): the listed ``nn.Linear`` layers are replaced by :class:`QuantizedLinear` layers and
+    every tensor is loaded. Returns ``model``.
+
+    Raises:
+        ValueError: the file is not a coreopt quantized model, or a listed layer is missing or is
+            not an ``nn.Linear`` of the right shape in ``model``.
+    """
+    layers = read_layer_configs(path)
+    for name, cfg in layers.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, child, None)
+        if isinstance(old, QuantizedLinear):
+            continue
+        if not isinstance(old, nn.Linear):
+            raise ValueError(
+                f"the file quantizes {name!r}, which is not an nn.Linear in this model"
+            )
+        if (old.in_features, old.out_features) != (cfg["in_features"], cfg["out_features"]):
+            raise ValueError(
+                f"{name!r}: shape ({cfg['out_features']}, {cfg['in_features']}) in the file, "
+                f"({old.out_features}, {old.in_features}) in the model"
+            )
+        fmt = QuantFormat(cfg["bits"], cfg["group_size"], _dtype(cfg["scale_dtype"]))
+        new = QuantizedLinear(
+            cfg["in_features"],
+            cfg["out_features"],
+            fmt,
+            bias=cfg["bias"],
+            transform_block=cfg["transform_block"],
+            dtype=_dtype(cfg["bias_dtype"]) if cfg.get("bias_dtype") else torch.float32,
+            device=old.weight.device if old.weight.device.type != "meta" else "cpu",
+        )
+        setattr(parent, child, new)
+    st = _safetensors()
+    missing, unexpected = st.load_model(
+        model, os.fspath(path), strict=True, device=str(device) if device is not None else "cpu"
+    )
+    del missing, unexpected
+    return model

@@ -1,0 +1,377 @@
+"""Per-layer quantization methods and their registry.
+
+A *method* turns one unit of work (a single matrix, or a V/O or Q/K pair) into codes, scales, zero
+points and an optional input transform. ``"rtn"``, ``"hadamard"`` and ``"cafeq"`` are built in;
+:func:`register_method` adds one without touching :func:`coreopt.quantize`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from coreopt.quant.config import QuantizeConfig
+from coreopt.quant.format import QuantFormat, dequantize_codes, minmax_params, quantize_codes
+from coreopt.quant.linear import pad_columns
+from coreopt.quant.pairs import PairProblem, _factor, alternating_rounding
+from coreopt.quant.proxy import InputMoments, weighted_sq_error
+from coreopt.quant.rounding import DEFAULT_SHRINK_GRID, gptq, rtn_fit
+from coreopt.quant.single import learn_transform
+from coreopt.quant.transforms import block_diag, random_block_orthogonal, right_blocks
+
+Codes = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class MatrixTask:
+    """One weight matrix to quantize (float32, on the compute device)."""
+
+    name: str
+    weight: torch.Tensor
+    moments: InputMoments | None = None
+    seed: int = 0
+
+
+@dataclass
+class PairTask:
+    """A V/O (``kind="vo"``: reader ``W_O``, producer ``W_V``) or Q/K (reader ``W_Q``, producer
+    ``W_K``) pair; ``moments`` is the second moment of the producer's input."""
+
+    kind: str
+    reader: MatrixTask
+    producer: MatrixTask
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    moments: InputMoments | None = None
+
+
+@dataclass
+class LayerOutcome:
+    """What a method produced for one matrix, with its diagnostics."""
+
+    name: str
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    transform: torch.Tensor | None
+    in_features: int
+    proxy_rtn: float
+    proxy: float
+    rel_error_rtn: float
+    rel_error: float
+    choice: str
+    seconds: float
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def effective_weight(self, group_size: int) -> torch.Tensor:
+        W = dequantize_codes(self.codes, self.scale, self.zero, group_size, torch.float32)
+        W = W[:, : self.in_features]
+        return W if self.transform is None else right_blocks(W, self.transform.float())
+
+
+Handler = Callable[[MatrixTask | PairTask, QuantizeConfig], list[LayerOutcome]]
+_REGISTRY: dict[str, Handler] = {}
+
+
+def register_method(name: str, handler: Handler) -> None:
+    """Make ``method=name`` available to :func:`coreopt.quantize`.
+
+    ``handler(task, config)`` receives a :class:`MatrixTask` (or a :class:`PairTask` when the
+    method quantizes pairs jointly; a handler that does not can call itself on ``task.reader`` and
+    ``task.producer``) and returns one :class:`LayerOutcome` per matrix.
+    """
+    if not callable(handler):
+        raise TypeError("handler must be callable")
+    _REGISTRY[name] = handler
+
+
+def registered_methods() -> tuple[str, ...]:
+    """Names accepted by ``QuantizeConfig(method=...)``."""
+    return tuple(_REGISTRY)
+
+
+def get_method(name: str) -> Handler:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"method={name!r} is unknown; expected one of {registered_methods()}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _padded_moments(m: InputMoments | None, n: int, n_pad: int) -> InputMoments | None:
+    if m is None or m.is_identity or n_pad == n:
+        return m
+    d = m.diag if m.diag is not None else torch.ones(n, device=m.low_rank.device)  # type: ignore[union-attr]
+    d = torch.cat([d, torch.ones(n_pad - n, dtype=d.dtype, device=d.device)])
+    u = None
+    if m.low_rank is not None:
+        u = torch.cat([m.low_rank, m.low_rank.new_zeros(n_pad - n, m.low_rank.shape[1])])
+    return InputMoments(d, u, m.source)
+
+
+def _proxy(W: torch.Tensor, W_eff: torch.Tensor, m: InputMoments | None) -> float:
+    den = float(weighted_sq_error(W, m))
+    return float(weighted_sq_error(W - W_eff, m)) / den if den > 0 else 0.0
+
+
+def _rel(W: torch.Tensor, W_eff: torch.Tensor) -> float:
+    den = float(torch.linalg.norm(W))
+    return float(torch.linalg.norm(W - W_eff)) / den if den > 0 else 0.0
+
+
+def _eff(c: Codes, g: int, n: int, T: torch.Tensor | None) -> torch.Tensor:
+    W = dequantize_codes(c[0], c[1], c[2], g, torch.float32)[:, :n]
+    return W if T is None else right_blocks(W, T)
+
+
+def _is_diagonal(H: torch.Tensor) -> bool:
+    off = H - torch.diag(torch.diagonal(H))
+    return bool(off.abs().max() <= 1e-7 * torch.diagonal(H).abs().max().clamp_min(1e-30))
+
+
+def _round(W: torch.Tensor, H: torch.Tensor | None, fmt: QuantFormat, cfg: QuantizeConfig) -> Codes:
+    """Round ``W`` against ``tr(E H Eᵀ)`` (``H = None``: identity)."""
+    grid = DEFAULT_SHRINK_GRID if cfg.clip_search else None
+    if H is None or _is_diagonal(H) or cfg.rounding == "nearest":
+        w = None if H is None else torch.diagonal(H)
+        return rtn_fit(W, fmt, weight=w, grid=grid)
+    c, s, z = gptq(W, H, fmt, grid=grid)
+    return c, s.float(), z.float()
+
+
+def _plain_rtn(W: torch.Tensor, fmt: QuantFormat) -> Codes:
+    s, z = minmax_params(W, fmt)
+    return quantize_codes(W, s, z, fmt), s, z
+
+
+def _outcome(
+    task: MatrixTask,
+    fmt: QuantFormat,
+    W: torch.Tensor,
+    c: Codes,
+    T: torch.Tensor | None,
+    m: InputMoments | None,
+    choice: str,
+    start: float,
+    base: Codes,
+    note: str = "",
+) -> LayerOutcome:
+    n = W.shape[1]
+    g = fmt.group_size
+    W_eff = _eff(c, g, n, T)
+    W_rtn = _eff(base, g, n, None)
+    return LayerOutcome(
+        name=task.name,
+        codes=c[0],
+        scale=c[1],
+        zero=c[2],
+        transform=T,
+        in_features=n,
+        proxy_rtn=_proxy(W, W_rtn, m),
+        proxy=_proxy(W, W_eff, m),
+        rel_error_rtn=_rel(W, W_rtn),
+        rel_error=_rel(W, W_eff),
+        choice=choice,
+        seconds=time.perf_counter() - start,
+        note=note,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# built-in methods
+# ----------------------------------------------------------------------------------------------
+
+
+def _as_matrices(task: MatrixTask | PairTask) -> list[MatrixTask]:
+    return [task.reader, task.producer] if isinstance(task, PairTask) else [task]
+
+
+def rtn_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[LayerOutcome]:
+    """Round to nearest with min-max scales and integer zero points."""
+    fmt = cfg.format
+    outs = []
+    for t in _as_matrices(task):
+        start = time.perf_counter()
+        W = t.weight.float()
+        c = _plain_rtn(pad_columns(W, fmt.group_size), fmt)
+        m = t.moments if cfg.prior == "structure" else None
+        outs.append(_outcome(t, fmt, W, c, None, m, "rtn", start, c))
+    return outs
+
+
+def hadamard_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[LayerOutcome]:
+    """Random block Hadamard input transform (QuaRot-style, block ``cfg.block_size``) + RTN."""
+    fmt = cfg.format
+    outs = []
+    for t in _as_matrices(task):
+        start = time.perf_counter()
+        W = t.weight.float()
+        n = W.shape[1]
+        m = t.moments if cfg.prior == "structure" else None
+        base = _plain_rtn(pad_columns(W, fmt.group_size), fmt)
+        b = cfg.block_size
+        if n % b or n % fmt.group_size:
+            outs.append(
+                _outcome(
+                    t,
+                    fmt,
+                    W,
+                    base,
+                    None,
+                    m,
+                    "rtn",
+                    start,
+                    base,
+                    note=f"no transform: block {b} does not divide {n}",
+                )
+            )
+            continue
+        gen = torch.Generator().manual_seed(t.seed)
+        T = random_block_orthogonal(n // b, b, kind="hadamard", generator=gen, device=W.device)
+        c = _plain_rtn(right_blocks(W, T.mT), fmt)
+        outs.append(_outcome(t, fmt, W, c, T, m, "hadamard+rtn", start, base))
+    return outs
+
+
+def cafeq_matrix(t: MatrixTask, cfg: QuantizeConfig) -> LayerOutcome:
+    """One matrix: learned (or Hadamard) block transform + adaptive rounding, against RTN."""
+    start = time.perf_counter()
+    fmt = cfg.format
+    g = fmt.group_size
+    W = t.weight.float()
+    n = W.shape[1]
+    Wp = pad_columns(W, g)
+    n_pad = Wp.shape[1]
+    m = t.moments.normalized() if (cfg.prior == "structure" and t.moments is not None) else None
+    m_pad = _padded_moments(m, n, n_pad)
+    S = None if m_pad is None or m_pad.is_identity else m_pad.dense().to(W)
+    base = _plain_rtn(Wp, fmt)
+    cands: list[tuple[float, str, Codes, torch.Tensor | None]] = []
+    c0 = _round(Wp, S, fmt, cfg)
+    cands.append(
+        (
+            _proxy(W, _eff(c0, g, n, None), m),
+            "gptq"
+            if S is not None and cfg.rounding == "gptq"
+            else "rtn+clip"
+            if cfg.clip_search
+            else "rtn",
+            c0,
+            None,
+        )
+    )
+    b = cfg.block_size
+    note = ""
+    if cfg.transform != "identity" and n % b == 0 and n % g == 0:
+        gen = torch.Generator().manual_seed(t.seed)
+        if cfg.transform == "learned":
+            fit = learn_transform(
+                W,
+                fmt,
+                block=b,
+                moments=m,
+                family=cfg.transform_family,
+                steps=cfg.steps,
+                lr=cfg.lr,
+                generator=gen,
+            )
+            T, Tinv = fit.transform.float(), fit.inverse.float()
+            label = "learned"
+        else:
+            T = random_block_orthogonal(n // b, b, generator=gen, device=W.device)
+            Tinv = T.mT
+            label = "hadamard"
+        Wt = right_blocks(W, Tinv)
+        Tm = block_diag(T)
+        H = Tm @ (S if S is not None else torch.eye(n, device=W.device)) @ Tm.T
+        c1 = _round(Wt, H, fmt, cfg)
+        rounding = (
+            "gptq"
+            if cfg.rounding == "gptq" and not _is_diagonal(H)
+            else "rtn+clip"
+            if cfg.clip_search
+            else "rtn"
+        )
+        cands.append((_proxy(W, _eff(c1, g, n, T), m), f"{label}+{rounding}", c1, T.contiguous()))
+    elif cfg.transform != "identity":
+        note = f"no transform: block {b} does not divide in_features={n}"
+    if cfg.select:
+        loss, choice, c, T_ = min(cands, key=lambda x: x[0])
+    else:
+        _loss, choice, c, T_ = cands[-1]
+    return _outcome(t, fmt, W, c, T_, m, choice, start, base, note)
+
+
+def cafeq_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[LayerOutcome]:
+    """CafeQ: single matrices via :func:`cafeq_matrix`; a V/O or Q/K pair additionally tries
+    alternating rounding of the pair and keeps whichever has the lower product proxy."""
+    if isinstance(task, MatrixTask):
+        return [cafeq_matrix(task, cfg)]
+    start = time.perf_counter()
+    fmt = cfg.format
+    g = fmt.group_size
+    singles = [cafeq_matrix(task.reader, cfg), cafeq_matrix(task.producer, cfg)]
+    if cfg.rounding != "gptq":
+        return singles
+    R, P = task.reader.weight.float(), task.producer.weight.float()
+    if R.shape[1] % g or P.shape[1] % g:
+        return singles
+    m = (
+        task.moments.normalized()
+        if (cfg.prior == "structure" and task.moments is not None)
+        else None
+    )
+    prob = PairProblem(task.kind, R, P, task.n_heads, task.n_kv_heads, task.head_dim, m)  # type: ignore[arg-type]
+    L = _factor(m, P.shape[1], P)
+    norm = float(prob.loss(torch.zeros_like(R), torch.zeros_like(P), L)) or 1.0
+    single_loss = (
+        float(prob.loss(singles[0].effective_weight(g), singles[1].effective_weight(g), L)) / norm
+    )
+    alt = alternating_rounding(prob, fmt, grid=DEFAULT_SHRINK_GRID if cfg.clip_search else None)
+    note = f"pair {task.kind}: product proxy rtn {alt.initial_loss:.4g}, per-matrix {single_loss:.4g}, alternating {alt.loss:.4g}"
+    if alt.loss >= single_loss:
+        for o in singles:
+            o.note = (o.note + "; " if o.note else "") + note
+        return singles
+    outs = []
+    for t, c, o in (
+        (task.reader, alt.reader, singles[0]),
+        (task.producer, alt.producer, singles[1]),
+    ):
+        W = t.weight.float()
+        mm = (
+            t.moments.normalized() if (cfg.prior == "structure" and t.moments is not None) else None
+        )
+        base = _plain_rtn(W, fmt)
+        out = _outcome(
+            t,
+            fmt,
+            W,
+            (c[0], c[1].float(), c[2].float()),
+            None,
+            mm,
+            f"pair-{task.kind}+alternating",
+            start,
+            base,
+            note,
+        )
+        out.seconds = (time.perf_counter() - start) / 2 + o.seconds
+        outs.append(out)
+    return outs
+
+
+register_method("rtn", rtn_method)
+register_method("hadamard", hadamard_method)
+register_method("cafeq", cafeq_method)

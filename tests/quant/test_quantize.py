@@ -1,0 +1,129 @@
+"""``coreopt.quantize`` end to end on small models: API, report, errors, save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import coreopt
+from coreopt.quant import (
+    MetaDeviceError,
+    NonFiniteWeightError,
+    QuantizeConfig,
+    QuantizedLinear,
+    UnsupportedFormatError,
+    load_quantized,
+    save_quantized,
+)
+
+FAST = {"steps": 5, "dual_steps": 5, "progress": False}
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(128, 96), nn.GELU(), nn.Linear(96, 64), nn.GELU(), nn.Linear(64, 10))
+
+
+@pytest.mark.parametrize("method", ["rtn", "hadamard", "cafeq"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_every_linear_is_replaced_and_outputs_stay_close(method: str, bits: int) -> None:
+    net = mlp()
+    x = torch.randn(16, 128)
+    with torch.no_grad():
+        ref = net(x)
+    out = coreopt.quantize(net, bits=bits, group_size=32, method=method, **FAST)
+    assert out is net
+    assert all(isinstance(net[i], QuantizedLinear) for i in (0, 2, 4))
+    rep = net.quantization_report
+    assert [r.name for r in rep.layers] == ["0", "2", "4"]
+    assert rep.memory_after < rep.memory_before
+    with torch.no_grad():
+        err = float((net(x) - ref).norm() / ref.norm())
+    assert err < {2: 1.0, 3: 0.5, 4: 0.25, 8: 0.02}[bits]
+    for r in rep.layers:
+        assert r.rel_error == pytest.approx(
+            float(
+                (net.get_submodule(r.name).effective_weight() - mlp().get_submodule(r.name).weight)
+                .norm()
+                .div(mlp().get_submodule(r.name).weight.norm())
+            ),
+            rel=1e-4,
+        )
+
+
+def test_cafeq_never_loses_to_rtn_on_the_proxy() -> None:
+    rep = coreopt.quantize(mlp(), bits=3, group_size=32, **FAST).quantization_report
+    for r in rep.layers:
+        assert r.proxy <= r.proxy_rtn * (1 + 1e-6)
+
+
+def test_group_size_not_dividing_is_padded_and_block_not_dividing_skips_the_transform() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(100, 40))
+    x = torch.randn(3, 100)
+    ref = net(x)
+    coreopt.quantize(net, bits=4, group_size=64, **FAST)
+    layer = net[0]
+    assert isinstance(layer, QuantizedLinear)
+    assert layer.in_padded == 128 and layer.transform is None
+    assert "does not divide" in net.quantization_report.layers[0].note
+    torch.testing.assert_close(net(x), ref, atol=0.1, rtol=0.1)
+
+
+def test_bad_input_raises_clear_errors() -> None:
+    with pytest.raises(UnsupportedFormatError, match="bits"):
+        coreopt.quantize(mlp(), bits=5)
+    with pytest.raises(UnsupportedFormatError, match="group_size"):
+        coreopt.quantize(mlp(), bits=4, group_size=48)
+    with pytest.raises(ValueError, match="method"):
+        coreopt.quantize(mlp(), method="gptq-with-data")
+    with pytest.raises(TypeError, match="nn.Module"):
+        coreopt.quantize(torch.randn(3, 3))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="only nn.Linear"):
+        coreopt.quantize(nn.Conv2d(3, 8, 3))
+    with pytest.raises(TypeError, match="only nn.Linear"):
+        coreopt.quantize(mlp(), targets=["1"])
+    with torch.device("meta"):
+        meta = mlp()
+    with pytest.raises(MetaDeviceError, match="meta"):
+        coreopt.quantize(meta)
+    broken = mlp()
+    with torch.no_grad():
+        broken[2].weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteWeightError, match="'2'"):
+        coreopt.quantize(broken)
+    assert isinstance(broken[0], nn.Linear)  # nothing was replaced
+    with pytest.raises(ValueError, match="steps"):
+        QuantizeConfig(steps=-1)
+
+
+def test_skip_and_targets_select_layers() -> None:
+    net = coreopt.quantize(mlp(), bits=4, skip=("4",), **FAST)
+    assert isinstance(net[4], nn.Linear) and isinstance(net[0], QuantizedLinear)
+    assert net.quantization_report.skipped == {"4": "matches skip"}
+    net = coreopt.quantize(mlp(), bits=4, targets=["2"], **FAST)
+    assert isinstance(net[0], nn.Linear) and isinstance(net[2], QuantizedLinear)
+
+
+@pytest.mark.parametrize("method", ["rtn", "cafeq"])
+def test_save_load_round_trip(tmp_path: Path, method: str) -> None:
+    net = coreopt.quantize(mlp(), bits=3, group_size=32, method=method, **FAST)
+    path = tmp_path / "q.safetensors"
+    save_quantized(net, path)
+    fresh = load_quantized(mlp(seed=1), path)
+    x = torch.randn(5, 128)
+    torch.testing.assert_close(fresh(x), net(x), rtol=0, atol=0)
+    for name in ("0", "2", "4"):
+        a, b = net.get_submodule(name), fresh.get_submodule(name)
+        assert isinstance(b, QuantizedLinear)
+        assert torch.equal(a.qweight, b.qweight)
+    # 3-bit codes plus float16 metadata: the file is far smaller than the float32 model
+    assert path.stat().st_size < 0.35 * sum(p.numel() * 4 for p in mlp().parameters()) + 4096
+
+
+def test_save_requires_a_quantized_model(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no QuantizedLinear"):
+        save_quantized(mlp(), tmp_path / "x.safetensors")
