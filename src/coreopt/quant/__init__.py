@@ -27,7 +27,13 @@ from coreopt.quant.methods import LayerOutcome, MatrixTask, PairTask, register_m
 from coreopt.quant.packing import pack_bits, unpack_bits
 from coreopt.quant.pairs import fold_gated, fold_qk, fold_vo
 from coreopt.quant.proxy import InputMoments
-from coreopt.quant.quantize import LayerReport, QuantizeResult, model_bytes, quantize
+from coreopt.quant.quantize import (
+    LayerReport,
+    QuantizeResult,
+    fold_dual_transforms,
+    model_bytes,
+    quantize,
+)
 from coreopt.quant.rounding import gptq
 from coreopt.quant.single import learn_transform
 from coreopt.quant.structure import ModelStructure, discover
@@ -50,6 +56,7 @@ __all__ = [
     "dequantize_codes",
     "discover",
     "fake_quantize",
+    "fold_dual_transforms",
     "fold_gated",
     "fold_qk",
     "fold_vo",

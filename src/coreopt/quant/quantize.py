@@ -360,6 +360,60 @@ def _fold_mlp(
     return {site.up: "gated", site.down: "gated"}
 
 
+def _fold_all(
+    model: nn.Module,
+    st: ModelStructure,
+    cfg: QuantizeConfig,
+    target_set: set[str],
+    device: torch.device | None,
+) -> dict[str, str]:
+    modules = dict(model.named_modules())
+    duals: dict[str, str] = {}
+    att = [a for a in st.attention if {a.q, a.k, a.v, a.o} <= target_set]
+    mlps = [m for m in st.mlp if m.gate and {m.up, m.down, m.gate} <= target_set]
+
+    def fold_att(a: AttentionSite) -> dict[str, str]:
+        x = norm_moments(modules[a.norm]) if (a.norm and cfg.prior == "structure") else None
+        return _fold_attention(model, a, cfg, x, device)
+
+    for notes in parallel_map(
+        fold_att, att, executor=cfg.executor, max_workers=cfg.max_workers, progress=False
+    ):
+        duals.update(notes)
+    hidden = structure_moments(model, st) if (mlps and cfg.prior == "structure") else {}
+
+    def fold_m(m: MlpSite) -> dict[str, str]:
+        return _fold_mlp(model, m, cfg, hidden.get(m.down), device)
+
+    for notes in parallel_map(
+        fold_m, mlps, executor=cfg.executor, max_workers=cfg.max_workers, progress=False
+    ):
+        duals.update(notes)
+    return duals
+
+
+def fold_dual_transforms(
+    model: nn.Module,
+    config: QuantizeConfig | None = None,
+    *,
+    targets: Iterable[str] | None = None,
+    **overrides: Any,
+) -> dict[str, str]:
+    """Learn the dual transforms of ``model``'s paired weights and fold them in place, without
+    quantizing: V/O and Q/K per head (rotary-commuting maps under RoPE), up/down scaling of gated
+    MLPs. The floating-point function is unchanged (up to rounding of the weights' dtype); this is
+    the first stage of ``quantize(method="cafeq")``, exposed for inspection and tests.
+
+    Returns:
+        ``{linear name: "vo" | "qk" | "gated"}`` for every layer that received a transform.
+    """
+    cfg = dataclasses.replace(config or QuantizeConfig(), **overrides)
+    names, _ = select_targets(model, cfg, targets)
+    _validate(model, names)
+    device = None if cfg.device is None else resolve_device(cfg.device)
+    return _fold_all(model, discover(model), cfg, set(names), device)
+
+
 def quantize(
     model: nn.Module,
     bits: int | None = None,
@@ -433,26 +487,7 @@ def quantize(
     st = discover(model) if structured else ModelStructure()
     duals: dict[str, str] = {}
     if cfg.method == "cafeq" and cfg.dual:
-        att = [a for a in st.attention if {a.q, a.k, a.v, a.o} <= target_set]
-        mlps = [m for m in st.mlp if m.gate and {m.up, m.down, m.gate} <= target_set]
-
-        def fold_att(a: AttentionSite) -> dict[str, str]:
-            x = norm_moments(modules[a.norm]) if (a.norm and cfg.prior == "structure") else None
-            return _fold_attention(model, a, cfg, x, device)
-
-        for notes in parallel_map(
-            fold_att, att, executor=cfg.executor, max_workers=cfg.max_workers, progress=False
-        ):
-            duals.update(notes)
-        hidden = structure_moments(model, st) if (mlps and cfg.prior == "structure") else {}
-
-        def fold_m(m: MlpSite) -> dict[str, str]:
-            return _fold_mlp(model, m, cfg, hidden.get(m.down), device)
-
-        for notes in parallel_map(
-            fold_m, mlps, executor=cfg.executor, max_workers=cfg.max_workers, progress=False
-        ):
-            duals.update(notes)
+        duals = _fold_all(model, st, cfg, target_set, device)
     moments = structure_moments(model, st) if (structured and cfg.prior == "structure") else {}
 
     def matrix_task(i: int, n: str) -> MatrixTask:
