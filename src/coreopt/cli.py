@@ -57,8 +57,14 @@ def credit(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report, not the table."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    executor: str | None = typer.Option(
+        None, help="Fan queries out: 'threads' or 'ray' (default: one query after another)."
+    ),
+    max_workers: int | None = typer.Option(None, help="Workers of --executor."),
 ) -> None:
     """Least-core credit of each source for answering each query (in-context credit)."""
+    if executor not in (None, "threads", "ray"):
+        raise typer.BadParameter(f"--executor must be 'threads' or 'ray', got {executor!r}")
     from coreopt.credit import assign_items, load_items
     from coreopt.game import LeastCoreConfig
     from coreopt.llm import Budget
@@ -76,6 +82,8 @@ def credit(
         max_concurrency=max_concurrency,
         progress=progress,
         config=LeastCoreConfig(normalize=True, retries=0, budget=budget),
+        executor=executor,
+        max_workers=max_workers,
     )
     report = json.dumps(res.to_json(), indent=2)
     if json_out is not None:

@@ -37,3 +37,22 @@ def test_credit_cli_budget_gives_a_partial_result(fake_server, tmp_path, monkeyp
     result = CliRunner().invoke(app, [*args, "--max-calls", "14"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["status"] == "budget_exhausted"
+
+
+def test_credit_cli_fans_queries_out_on_threads(fake_server, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("COREOPT_LLM_BASE_URL", fake_server.url)
+    monkeypatch.setenv("COREOPT_LLM_MODEL", "fake")
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    data = tmp_path / "in.jsonl"
+    lines = [json.dumps({"query": f"q{i}?", "sources": {"a": "x", "b": "y"}}) for i in range(3)]
+    data.write_text("\n".join(lines) + "\n")
+    base = ["credit", str(data), "--scoring", "judge", "--no-cache", "--no-progress", "--json"]
+    seq = CliRunner().invoke(app, base)
+    fan = CliRunner().invoke(app, [*base, "--executor", "threads", "--max-workers", "3"])
+    assert seq.exit_code == 0, seq.output
+    assert fan.exit_code == 0, fan.output
+    # same scripted answers, one solve per query either way: the same credits
+    assert json.loads(fan.output)["credit"] == json.loads(seq.output)["credit"]
+    bad = CliRunner().invoke(app, [*base, "--executor", "dask"])
+    assert bad.exit_code != 0
+    assert "--executor" in bad.output

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ import numpy.typing as npt
 
 from coreopt.errors import BudgetExhaustedError, CoreoptError, NonFiniteError
 from coreopt.game.coalitions import Players
+from coreopt.parallel.aio import run_sync
 
 
 class ValueFunctionError(CoreoptError, RuntimeError):
@@ -386,7 +386,7 @@ class ValueOracle:
         if self.loop is not None:
             results = asyncio.run_coroutine_threadsafe(self._batch(todo), self.loop).result()
         else:
-            results = _run_in_fresh_loop(lambda: self._batch(todo))
+            results = run_sync(lambda: self._batch(todo))
         self._store_all(todo, results)
 
 
@@ -394,25 +394,3 @@ def _is_game(value_fn: Any) -> bool:
     from coreopt.game.games import Game
 
     return isinstance(value_fn, Game)
-
-
-def _run_in_fresh_loop(make: Callable[[], Awaitable[Any]]) -> Any:
-    """Run a coroutine to completion whether or not this thread already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make())  # type: ignore[arg-type]
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(make())  # type: ignore[arg-type]
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="coreopt-async-values")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]

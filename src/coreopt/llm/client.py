@@ -692,9 +692,9 @@ def _prompt_hash(prompt: Prompt) -> str:
 
 def run_sync(make: Callable[[], Awaitable[Any]]) -> Any:
     """Run a coroutine to completion from sync code, even inside a running loop (Jupyter)."""
-    from coreopt.game.oracle import _run_in_fresh_loop
+    from coreopt.parallel.aio import run_sync as _run_sync
 
-    return _run_in_fresh_loop(make)
+    return _run_sync(make)
 
 
 def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
