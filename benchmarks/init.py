@@ -37,6 +37,7 @@ Run from the repository root::
     python benchmarks/init.py --threads 1 --plot           # + docs/_static/init_curves_<case>.png
     python benchmarks/init.py --quick                      # smoke test (tiny sizes)
     python benchmarks/init.py --threads 1 --record --plot  # append the tables to RESULTS.md
+    python benchmarks/init.py --replot                     # redraw the figures from the JSON
 
 ``--plot`` draws, per case, the test-accuracy and train-loss curves (mean line, ± std band over
 the seeds) into ``<plot-dir>/init_curves_<case>.png`` and writes the raw per-seed curves next to
@@ -522,11 +523,15 @@ def curve_table(title: str, curves: Curves) -> BenchTable:
     return table
 
 
-def curves_json(key: str, title: str, curves: Curves, seeds: Sequence[int]) -> dict:
+def curves_json(
+    key: str, title: str, curves: Curves, seeds: Sequence[int], device: str = ""
+) -> dict:
+    """The per-seed curves of a case as JSON-ready data (what :func:`plot_curves` draws)."""
     return {
         "case": key,
         "title": title,
         "seeds": list(seeds),
+        "device": device,
         "subcases": {
             subcase: {
                 name: {
@@ -553,13 +558,24 @@ def _style(name: str, i: int) -> dict:
     return {"color": palette[i % len(palette)], "linestyle": "-"}
 
 
-def plot_curves(data: dict, path: Path, *, device: str) -> Path:
-    """Draw one row per sub-case: test accuracy (left) and train loss (right), mean ± std."""
+def _band(vals: torch.Tensor, *, log: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centre line and band over seeds (rows): mean ± std, or on a log axis the geometric mean
+    ×/÷ the geometric std (the mean ± std of the logarithms; a plain ± std would cross zero)."""
+    x = vals.clamp_min(1e-12).log() if log else vals
+    mean = x.mean(0)
+    std = x.std(0) if x.shape[0] > 1 else torch.zeros_like(mean)
+    lo, hi = mean - std, mean + std
+    return (mean.exp(), lo.exp(), hi.exp()) if log else (mean, lo, hi)
+
+
+def plot_curves(data: dict, path: Path) -> Path:
+    """Draw one row per sub-case: test accuracy (left, mean ± std over seeds) and train loss
+    (right, log axis, geometric mean ×/÷ geometric std)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     subcases = data["subcases"]
     fig, axes = plt.subplots(
@@ -576,17 +592,9 @@ def plot_curves(data: dict, path: Path, *, device: str) -> Path:
                     dtype=torch.float64,
                 )
                 keep = ~torch.isnan(vals[0])
-                mean = vals.mean(0)
-                std = vals.std(0) if vals.shape[0] > 1 else torch.zeros_like(mean)
-                ax.plot(steps[keep], mean[keep], label=name, linewidth=1.6, **style)
-                ax.fill_between(
-                    steps[keep],
-                    (mean - std)[keep],
-                    (mean + std)[keep],
-                    color=style["color"],
-                    alpha=0.15,
-                    linewidth=0,
-                )
+                mid, lo, hi = _band(vals[:, keep], log=key == "train_loss")
+                ax.plot(steps[keep], mid, label=name, linewidth=1.6, **style)
+                ax.fill_between(steps[keep], lo, hi, color=style["color"], alpha=0.15, linewidth=0)
         ax_acc.set_title(subcase, fontsize=10)
         ax_acc.set_ylabel("test accuracy (%)")
         ax_acc.set_ylim(0, 100)
@@ -594,13 +602,18 @@ def plot_curves(data: dict, path: Path, *, device: str) -> Path:
         ax_loss.set_ylabel("train loss (interval mean)")
         ax_loss.set_yscale("log")
         ax_loss.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax_loss.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        low, high = ax_loss.get_ylim()
+        if high / low > 20:  # several decades: label the powers of ten only
+            ax_loss.yaxis.set_minor_formatter(NullFormatter())
+        else:
+            ax_loss.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
         for ax in row:
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
         ax_acc.legend(fontsize=8, loc="lower right")
     seeds = ", ".join(map(str, data["seeds"]))
-    fig.suptitle(f"{data['title']} — mean ± std over seeds {seeds} ({device})", fontsize=11)
+    where = f", {data['device']}" if data.get("device") else ""
+    fig.suptitle(f"{data['title']} (seeds {seeds}{where})", fontsize=11)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -633,6 +646,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="draw the learning curves into <plot-dir>/init_curves_<case>.png (+ .json data)",
     )
     parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="only redraw <plot-dir>/init_curves_<case>.png from the saved .json (no training)",
+    )
+    parser.add_argument(
         "--plot-dir",
         default=DEFAULT_PLOT_DIR,
         help="where --plot writes, relative to the repository root (default: %(default)s)",
@@ -647,6 +665,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     plot_dir = Path(args.plot_dir)
     if not plot_dir.is_absolute():
         plot_dir = REPO_ROOT / plot_dir
+    if args.replot:
+        for key in chosen:
+            saved = plot_dir / f"init_curves_{key}.json"
+            if not saved.is_file():
+                print(f"(no {saved}: run with --plot first)", flush=True)
+                continue
+            path = plot_curves(json.loads(saved.read_text()), saved.with_suffix(".png"))
+            print(f"(curves drawn to {path})", flush=True)
+        return
     tables: list[BenchTable] = []
     written: list[Path] = []
     for key in chosen:
@@ -656,11 +683,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         tables.append(final_table(title, cr.curves, cr.seeds))
         tables.append(curve_table(title, cr.curves))
         if args.plot:
-            data = curves_json(key, title, cr.curves, cr.seeds)
+            data = curves_json(key, title, cr.curves, cr.seeds, _where(args.device))
             stem = plot_dir / f"init_curves_{key}"
             stem.with_suffix(".json").parent.mkdir(parents=True, exist_ok=True)
             stem.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-            written.append(plot_curves(data, stem.with_suffix(".png"), device=_where(args.device)))
+            written.append(plot_curves(data, stem.with_suffix(".png")))
     report(tables, args, title="init: default init vs recipe (benchmarks/init.py)")
     for path in written:
         print(f"(curves drawn to {path})", flush=True)
