@@ -97,3 +97,14 @@ def test_kgw_traces_are_detected_with_the_same_detector() -> None:
     res = detect_tokens(proc.green_list, out.traces())
     assert res.log10_p < -5
     assert res.gamma == 0.5
+
+
+def test_entropy_filter_keeps_the_null_and_drops_contexts(fingerprinted: list) -> None:
+    student = tiny_llama(5)
+    green = HashGreenList("k", VOCAB, special_token_ids=SPECIALS)
+    every = detect(student, green, fingerprinted)
+    filtered = detect(student, green, fingerprinted, min_entropy=3.3)  # near log(37) = 3.61
+    assert filtered.contexts < every.contexts
+    assert filtered.p_value > 0.05
+    with pytest.raises(ValueError, match="min_entropy"):
+        detect(student, green, fingerprinted, min_entropy=-1.0)

@@ -211,3 +211,16 @@ def test_kgw_processor_is_transformers_watermark() -> None:
     green = proc.green_list.mask(ids[:, -1:])
     assert green.sum(-1).tolist() == [10, 10]
     assert proc.green_list.gamma == 0.25
+
+
+def test_kgw_on_a_given_green_list_is_a_constant_bias() -> None:
+    from coreopt.sampling import HashGreenList
+
+    green = HashGreenList("k", VOCAB, context_width=3, special_token_ids=(PAD, 1, EOS))
+    proc = KGWLogitsProcessor(VOCAB, bias=1.5, green_list=green, temperature=2.0)
+    ids = torch.tensor([[1, 5, 6, 7], [1, 7, 9, 9]])
+    scores = torch.randn(2, VOCAB)
+    want = torch.log_softmax(scores, -1) / 2.0 + 1.5 * green.mask(ids[:, -3:]).float()
+    torch.testing.assert_close(proc(ids, scores), want)
+    with pytest.raises(VocabularyMismatchError):
+        KGWLogitsProcessor(VOCAB + 1, green_list=green)

@@ -148,6 +148,7 @@ def detect(
     batch_size: int = 16,
     pad_token_id: int = 0,
     seed: int = 0,
+    min_entropy: float = 0.0,
     progress: bool = False,
 ) -> DetectionResult:
     """Test whether ``student`` was trained on text fingerprinted with ``green_list``'s key.
@@ -171,6 +172,11 @@ def detect(
         batch_size: traces per forward pass.
         pad_token_id: right-padding id (masked out).
         seed: seed of the draws in ``mode="samples"``.
+        min_entropy: score only contexts where the student's next-token entropy (nats, over
+            the eligible tokens) is at least this. Contexts where the student is (nearly)
+            certain add only noise: whether its one likely token is green is a coin flip that
+            no fingerprint can move. The selection uses the student alone, never the key, so
+            the p-value stays valid. 0 (default) scores every context.
         progress: a ``tqdm`` bar over batches.
 
     Returns:
@@ -178,6 +184,7 @@ def detect(
     """
     check_choice("mode", mode, ("probabilities", "samples"))
     temperature = check_real("temperature", temperature, low=0.0, strict=True)
+    min_entropy = check_real("min_entropy", min_entropy, low=0.0)
     items = [t for t in as_traces(traces) if t.completion]
     if not items:
         raise ValueError("traces hold no completion token: nothing to score")
@@ -204,14 +211,18 @@ def detect(
             probs = torch.softmax(logits[row, pos].float() / temperature, dim=-1)
             green_t = green_list.mask(mapped).to(device)
             green = green_t[:, to_teacher.clamp(min=0)] & valid[None, :]
+            denom = (probs * valid).sum(-1)
             if mode == "probabilities":
-                denom = (probs * valid).sum(-1)
                 s = (probs * green).sum(-1) / denom.clamp(min=1e-30)
                 keep = denom > 1e-12
             else:
                 tok = torch.multinomial(probs, 1, generator=gen)[:, 0]
                 keep = valid[tok]
                 s = green.gather(1, tok[:, None])[:, 0].float()
+            if min_entropy > 0:
+                r = probs * valid / denom.clamp(min=1e-30)[:, None]
+                entropy = -(r * r.clamp(min=1e-30).log()).sum(-1)
+                keep = keep & (entropy >= min_entropy)
             for k, (sv, gram) in enumerate(zip(s.tolist(), mapped.tolist(), strict=True)):
                 if bool(keep[k]):
                     scores.append(float(sv))

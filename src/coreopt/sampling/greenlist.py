@@ -59,9 +59,14 @@ class GreenList(Protocol):
         gamma: the chance probability that an eligible token is green.
     """
 
-    vocab_size: int
-    context_width: int
-    gamma: float
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def context_width(self) -> int: ...
+
+    @property
+    def gamma(self) -> float: ...
 
     def mask(self, ngrams: torch.Tensor) -> torch.Tensor:
         """``(N, vocab_size)`` bool: the green tokens of each ``(N, w)`` seeding n-gram."""

@@ -447,20 +447,25 @@ class FingerprintLogitsProcessor(_SamplingProcessor):
 
 
 class KGWLogitsProcessor(_SamplingProcessor):
-    """The red/green-list watermark (Kirchenbauer et al.), applied by ``transformers``.
+    """The red/green-list watermark (Kirchenbauer et al.): a constant bias on green tokens.
 
-    ``softmax(log p_T/τ + δ·1[t ∈ S])`` with ``S`` the list of ``⌊γV⌋`` tokens seeded by the
-    previous token; the bias is added by ``transformers.WatermarkLogitsProcessor`` itself (through
-    :class:`~coreopt.sampling.KGWGreenList`), so texts it writes are also detected by
-    ``transformers.WatermarkDetector`` with the same settings.
+    ``softmax(log p_T/τ + δ·1[t ∈ S])``. By default ``S`` is the list of ``⌊γV⌋`` tokens seeded by
+    the previous token and the bias is added by ``transformers.WatermarkLogitsProcessor`` itself
+    (through :class:`~coreopt.sampling.KGWGreenList`), so texts it writes are also detected by
+    ``transformers.WatermarkDetector`` with the same settings. With ``green_list=`` (for example
+    the :class:`~coreopt.sampling.HashGreenList` of a fingerprint) the same constant bias is put
+    on that list instead: the baseline of the fingerprinting paper, which differs from
+    fingerprinting only in the shape of the adjustment (transformers' ``lefthash`` scheme seeds
+    on one token, whatever its ``context_width``).
 
     Args:
         vocab_size: the teacher's vocabulary size.
         bias: ``δ`` (transformers' default 2.0).
-        gamma: green-list ratio (transformers' default 0.25).
-        key: transformers' ``hashing_key``.
+        gamma: green-list ratio (transformers' default 0.25; ignored with ``green_list``).
+        key: transformers' ``hashing_key`` (ignored with ``green_list``).
         temperature, order: as for the other processors.
         device: where transformers draws its permutations.
+        green_list: use this green list instead of transformers'.
     """
 
     def __init__(
@@ -473,27 +478,44 @@ class KGWLogitsProcessor(_SamplingProcessor):
         temperature: float = 1.0,
         order: Order = "paper",
         device: Any = "cpu",
+        green_list: HashGreenList | None = None,
     ) -> None:
         super().__init__()
         check_real("bias", bias, low=0.0)
         self.temperature = check_real("temperature", temperature, low=0.0, strict=True)
         self.order = check_choice("order", order, ("paper", "reference"))
         self.lam = float(bias)
-        self.green_list = KGWGreenList(vocab_size, gamma=gamma, key=key, bias=bias, device=device)
+        self.green_list: HashGreenList | KGWGreenList
+        if green_list is not None:
+            if green_list.vocab_size != vocab_size:
+                raise VocabularyMismatchError(
+                    f"green_list covers {green_list.vocab_size} tokens, not vocab_size={vocab_size}"
+                )
+            self.green_list = green_list
+            self._hf = None
+        else:
+            kgw = KGWGreenList(vocab_size, gamma=gamma, key=key, bias=bias, device=device)
+            self.green_list = kgw
+            self._hf = kgw.processor
 
     def __repr__(self) -> str:
         g = self.green_list
-        return f"KGWLogitsProcessor(bias={g.bias:g}, gamma={g.gamma:.4g}, key={g.key})"
+        return f"KGWLogitsProcessor(bias={self.lam:g}, gamma={g.gamma:.4g}, green_list={g!r})"
+
+    def adjustment(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        g = self.green_list
+        return g.mask(seed_ngrams(input_ids, g.context_width)).to(scores.device, scores.dtype)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        z = scores.float()
         if scores.shape[-1] != self.green_list.vocab_size:
             raise VocabularyMismatchError(
                 f"the scores have {scores.shape[-1]} entries but the KGW processor was built for "
                 f"{self.green_list.vocab_size}"
             )
-        hf = self.green_list.processor
+        if self._hf is None:
+            return super().__call__(input_ids, scores)
+        self.calls += 1
+        z = scores.float()
         if self.order == "paper":
-            return hf(input_ids, torch.log_softmax(z, dim=-1) / self.temperature)
-        return hf(input_ids, z) / self.temperature
+            return self._hf(input_ids, torch.log_softmax(z, dim=-1) / self.temperature)
+        return self._hf(input_ids, z) / self.temperature
