@@ -145,7 +145,7 @@ def detect(
     mode: Literal["probabilities", "samples"] = "probabilities",
     vocab_mapping: VocabMapping | None = None,
     temperature: float = 1.0,
-    batch_size: int = 16,
+    batch_size: int = 8,
     pad_token_id: int = 0,
     seed: int = 0,
     min_entropy: float = 0.0,
@@ -169,7 +169,8 @@ def detect(
             (:meth:`VocabMapping.from_tokenizers`); ``None`` when the student shares the
             teacher's tokenizer. Contexts whose seeding n-gram has an unmapped token are skipped.
         temperature: of the student's distribution.
-        batch_size: traces per forward pass.
+        batch_size: traces per forward pass (the full ``(batch, length, vocabulary)`` logits
+            are held at once: lower it for long traces and large vocabularies).
         pad_token_id: right-padding id (masked out).
         seed: seed of the draws in ``mode="samples"``.
         min_entropy: score only contexts where the student's next-token entropy (nats, over

@@ -155,7 +155,9 @@ def generate(
         processor = TemperatureProcessor(temperature)
     if generator is None:
         generator = torch.Generator(device=device)
-        generator.manual_seed(torch.seed() if seed is None else int(seed))
+        # without a seed, draw one from torch's global generator (reproducible under
+        # torch.manual_seed, and unlike torch.seed() it does not reseed the global generator)
+        generator.manual_seed(int(torch.randint(0, 2**62, ()).item()) if seed is None else seed)
     begin = getattr(processor, "begin", None)
     if callable(begin):
         begin(mask)

@@ -641,15 +641,17 @@ def fingerprint_sweep(
 
 
 def _addition_prompt(tokenizer: Any, a: int, b: int) -> list[int]:
+    """A chat prompt asking for ``a + b``, with the assistant's answer opened ("The answer is")."""
     text = f"What is {a} + {b}? Answer with the number only."
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
         )
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return [int(t) for t in ids]
-    return [int(t) for t in tokenizer(text + "\n")["input_ids"]]
+        text = str(rendered) + "The answer is"
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(text + "\nThe answer is")["input_ids"]
+    return [int(t) for t in ids]
 
 
 def _first_number(text: str) -> int | None:
@@ -668,7 +670,7 @@ def real_teacher_run(
     quick: bool = False,
     seed: int = 0,
     lams: Sequence[float] = (0.0, 0.05, 0.2),
-    adfp_lam: float = 8.0,
+    adfp_lam: float = 32.0,
     kgw_bias: float = 2.0,
     device: Any = None,
     progress: bool = False,
@@ -676,7 +678,8 @@ def real_teacher_run(
     """The harness with a real teacher: SmolLM2-135M-Instruct (``"smollm2"``) or a local folder.
 
     The task is single-digit addition in the chat format ("What is 3 + 4? Answer with the number
-    only."), checked by the first number of the answer. The proxy is a small random Llama with
+    only.", the assistant's turn opened with "The answer is"), checked by the first number of
+    the answer. The proxy is a small random Llama with
     the teacher's vocabulary (so it shares its tokenizer), fine-tuned here on the teacher's own
     answers; its downstream gradient is taken on held-out answers. For each sampler (temperature,
     ADS at each ``λ``, ADFP, and KGW on the same green list) the teacher answers fresh questions:
@@ -690,7 +693,9 @@ def real_teacher_run(
         quick: a few questions only.
         seed: seed of the questions, the proxy and the sampling.
         lams: the ``λ`` values of antidistillation sampling.
-        adfp_lam, kgw_bias: the fingerprint's ``λ`` and the KGW bias ``δ``.
+        adfp_lam, kgw_bias: the fingerprint's ``λ`` and the KGW bias ``δ``. The fingerprint term
+            ``q_t(1[t∈S] − q(S))`` is small where the proxy spreads its mass over many tokens,
+            as a small proxy over 49k tokens does: it needs a larger ``λ`` than on the toy task.
         device: where to run (default: CUDA when available).
         progress: progress bars.
     """

@@ -443,7 +443,7 @@ class FingerprintLogitsProcessor(_SamplingProcessor):
             raise NonFiniteError(
                 "the fingerprint adjustment holds NaN/inf (non-finite proxy logits)"
             )
-        return _fit_width(adj, scores.shape[-1], shared if shared is not None else width)
+        return _fit_width(adj, scores.shape[-1], shared)
 
 
 class KGWLogitsProcessor(_SamplingProcessor):
