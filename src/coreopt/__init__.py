@@ -9,9 +9,10 @@ Public entry points (one per solver)::
     coreopt.resolve_device(...)                  # CUDA when present, CPU otherwise
     coreopt.cayley(A), coreopt.skew(W)           # orthogonal parametrization (manifold)
     coreopt.quantize(model, bits=3)              # calibration-free weight quantization
+    coreopt.sampling.AntidistillationLogitsProcessor(proxy, g, lam=0.1)  # antidistillation
 
 Planned (see README): ``coreopt.least_core``, ``coreopt.orthogonal``,
-``coreopt.init``, ``coreopt.sampling``.
+``coreopt.init``.
 """
 
 from __future__ import annotations
