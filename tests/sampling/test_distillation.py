@@ -6,7 +6,13 @@ import pytest
 import torch
 from conftest import BOS, EOS, PAD, tiny_llama
 
-from coreopt.sampling import FingerprintLogitsProcessor, HashGreenList, detect, generate
+from coreopt.sampling import (
+    FingerprintLogitsProcessor,
+    HashGreenList,
+    detect,
+    detect_tokens,
+    generate,
+)
 from coreopt.sampling.harness import train_lm
 
 VOCAB = 12  # 9 ordinary tokens: about 80 bigram contexts, each seen many times
@@ -35,7 +41,17 @@ def test_distilled_student_is_detected_and_clean_student_and_wrong_key_are_not()
         results[name] = detect(student, green, traces)
         results[name + "-wrong"] = detect(student, wrong, traces)
         results[name + "-samples"] = detect(student, green, traces, mode="samples")
+        # unsupervised contexts: the student's own fresh generations, scored as text (black box)
+        fresh = generate(
+            student,
+            [list(t.prompt) for t in traces],
+            max_new_tokens=24,
+            seed=1,
+            eos_token_id=[],
+        ).traces()
+        results[name + "-fresh"] = detect_tokens(green, fresh)
     assert results["marked"].log10_p < -3, results["marked"]
     assert results["marked-samples"].log10_p < -2, results["marked-samples"]
-    for name in ("clean", "clean-wrong", "marked-wrong", "clean-samples"):
+    assert results["marked-fresh"].log10_p < -2, results["marked-fresh"]
+    for name in ("clean", "clean-wrong", "marked-wrong", "clean-samples", "clean-fresh"):
         assert results[name].p_value > 0.05, (name, results[name])
