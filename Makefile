@@ -45,7 +45,7 @@ demo: $(VENV)/.stamp-demo
 
 ## test: set up and run the whole test suite (slow, distributed and notebook tests included)
 test: $(VENV)/.stamp-dev
-	$(BIN)/python -m pytest tests src/coreopt --doctest-modules --nbmake examples $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests src/coreopt --doctest-modules --nbmake examples --durations=25 $(PYTEST_ARGS)
 
 ## test-fast: the default suite without slow/distributed tests
 test-fast: $(VENV)/.stamp-dev
