@@ -58,13 +58,15 @@ def _out(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 def test_discover_finds_the_llama_layout() -> None:
     st = discover(tiny_llama())
-    assert len(st.attention) == 2 and len(st.mlp) == 2
+    assert len(st.attention) == 2
+    assert len(st.mlp) == 2
     a = st.attention[0]
     assert (a.q, a.o) == ("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.o_proj")
     assert (a.n_heads, a.n_kv_heads, a.head_dim, a.rope) == (4, 2, 16, True)
     assert a.norm == "model.layers.0.input_layernorm"
     m = st.mlp[1]
-    assert m.gate == "model.layers.1.mlp.gate_proj" and m.act == "silu"
+    assert m.gate == "model.layers.1.mlp.gate_proj"
+    assert m.act == "silu"
     assert m.norm == "model.layers.1.post_attention_layernorm"
     assert st.input_norm("model.layers.1.mlp.up_proj") == m.norm
     names = [n for n, mod in tiny_llama().named_modules() if isinstance(mod, torch.nn.Linear)]
@@ -75,11 +77,14 @@ def test_discover_finds_the_llama_layout() -> None:
 
 def test_discover_finds_the_bert_layout() -> None:
     st = discover(tiny_bert())
-    assert len(st.attention) == 2 and len(st.mlp) == 2
+    assert len(st.attention) == 2
+    assert len(st.mlp) == 2
     a = st.attention[1]
     assert a.v == "encoder.layer.1.attention.self.value"
     assert a.o == "encoder.layer.1.attention.output.dense"
-    assert a.rope is False and a.n_heads == 4 and a.head_dim == 16
+    assert a.rope is False
+    assert a.n_heads == 4
+    assert a.head_dim == 16
     assert a.norm == "encoder.layer.0.output.LayerNorm"  # post-LN: the previous layer's output
     assert st.attention[0].norm == "embeddings.LayerNorm"
     m = st.mlp[0]
@@ -129,7 +134,7 @@ def test_random_dual_transforms_leave_the_network_unchanged(which: str) -> None:
             if m.gate:
                 up, down = mods[m.up], mods[m.down]
                 s = torch.rand(up.out_features, generator=g, dtype=torch.float64) * 3 + 0.2
-                Wu, bu, Wd = fold_gated(up.weight, up.bias, down.weight, s)
+                Wu, _bu, Wd = fold_gated(up.weight, up.bias, down.weight, s)
                 up.weight.copy_(Wu)
                 down.weight.copy_(Wd)
     torch.testing.assert_close(_out(model, ids), ref, rtol=1e-5, atol=1e-5)
@@ -158,7 +163,8 @@ def test_learned_dual_transforms_fold_exactly(which: str) -> None:
     ref = _out(model, ids)
     before = {n: p.clone() for n, p in model.named_parameters()}
     folded = fold_dual_transforms(model, bits=3, group_size=32, dual_steps=15)
-    assert set(folded.values()) <= {"vo", "qk", "gated"} and folded
+    assert set(folded.values()) <= {"vo", "qk", "gated"}
+    assert folded
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert changed  # the weights moved ...
     torch.testing.assert_close(_out(model, ids), ref, rtol=1e-5, atol=1e-5)  # ... the function not

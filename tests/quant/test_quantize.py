@@ -24,7 +24,9 @@ FAST = {"steps": 5, "dual_steps": 5, "progress": False}
 
 def mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(128, 96), nn.GELU(), nn.Linear(96, 64), nn.GELU(), nn.Linear(64, 10))
+    return nn.Sequential(
+        nn.Linear(128, 96), nn.GELU(), nn.Linear(96, 64), nn.GELU(), nn.Linear(64, 10)
+    )
 
 
 @pytest.mark.parametrize("method", ["rtn", "hadamard", "cafeq"])
@@ -68,7 +70,8 @@ def test_group_size_not_dividing_is_padded_and_block_not_dividing_skips_the_tran
     coreopt.quantize(net, bits=4, group_size=64, **FAST)
     layer = net[0]
     assert isinstance(layer, QuantizedLinear)
-    assert layer.in_padded == 128 and layer.transform is None
+    assert layer.in_padded == 128
+    assert layer.transform is None
     assert "does not divide" in net.quantization_report.layers[0].note
     torch.testing.assert_close(net(x), ref, atol=0.1, rtol=0.1)
 
@@ -80,11 +83,11 @@ def test_bad_input_raises_clear_errors() -> None:
         coreopt.quantize(mlp(), bits=4, group_size=48)
     with pytest.raises(ValueError, match="method"):
         coreopt.quantize(mlp(), method="gptq-with-data")
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         coreopt.quantize(torch.randn(3, 3))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="only nn.Linear"):
+    with pytest.raises(ValueError, match=r"only nn\.Linear"):
         coreopt.quantize(nn.Conv2d(3, 8, 3))
-    with pytest.raises(TypeError, match="only nn.Linear"):
+    with pytest.raises(TypeError, match=r"only nn\.Linear"):
         coreopt.quantize(mlp(), targets=["1"])
     with torch.device("meta"):
         meta = mlp()
@@ -102,10 +105,12 @@ def test_bad_input_raises_clear_errors() -> None:
 
 def test_skip_and_targets_select_layers() -> None:
     net = coreopt.quantize(mlp(), bits=4, skip=("4",), **FAST)
-    assert isinstance(net[4], nn.Linear) and isinstance(net[0], QuantizedLinear)
+    assert isinstance(net[4], nn.Linear)
+    assert isinstance(net[0], QuantizedLinear)
     assert net.quantization_report.skipped == {"4": "matches skip"}
     net = coreopt.quantize(mlp(), bits=4, targets=["2"], **FAST)
-    assert isinstance(net[0], nn.Linear) and isinstance(net[2], QuantizedLinear)
+    assert isinstance(net[0], nn.Linear)
+    assert isinstance(net[2], QuantizedLinear)
 
 
 @pytest.mark.parametrize("method", ["rtn", "cafeq"])

@@ -13,6 +13,7 @@ from coreopt.quant.format import QuantFormat
 
 Method = Literal["rtn", "hadamard", "cafeq"]
 METHODS: tuple[str, ...] = ("rtn", "hadamard", "cafeq")
+PRIORS: tuple[str, ...] = ("structure+balance", "structure", "balance", "identity")
 
 
 class NonFiniteWeightError(CoreoptError, ValueError):
@@ -25,7 +26,7 @@ class MetaDeviceError(CoreoptError, ValueError):
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    """Options of :func:`coreopt.quantize`, validated on construction (``ValueError``/``TypeError``).
+    """Options of :func:`coreopt.quantize`, validated on construction (ValueError, TypeError).
 
     Attributes:
         bits: bits per weight: 2, 3, 4 or 8.
@@ -37,8 +38,9 @@ class QuantizeConfig:
             with :func:`coreopt.quant.register_method`.
         transform: for ``"cafeq"``: ``"learned"`` block-diagonal input transform, fixed random
             ``"hadamard"`` or ``"identity"`` (no runtime transform).
-        transform_family: ``"orthogonal"`` (Cayley map of :mod:`coreopt.manifold`, ``T⁻¹ = Tᵀ``)
-            or ``"invertible"`` (any invertible blocks).
+        transform_family: ``"invertible"`` (any invertible blocks; the inverse is a batched
+            solve) or ``"orthogonal"`` (Cayley map of :mod:`coreopt.manifold`, ``T⁻¹ = Tᵀ``; use a
+            larger ``lr``, e.g. 0.01).
         block_size: block of the input transform (runtime cost: ``block_size`` multiply-adds per
             input feature and token, ``block_size / out_features`` relative to the matmul). A layer
             whose input width it does not divide gets no transform.
@@ -48,6 +50,10 @@ class QuantizeConfig:
         dual_steps: optimizer steps for each dual transform.
         rounding: ``"gptq"`` (error feedback against the proxy Hessian; alternating on V/O and Q/K
             pairs) or ``"nearest"``.
+        alternating: also round V/O and Q/K pairs jointly by alternating GPTQ (each matrix's
+            Hessian is its partner's Gram matrix) and keep that when its product proxy beats the
+            per-matrix results. Off by default: on MiniLM it lowers the product proxy but not
+            the end-to-end error (see ``docs/quant.md``).
         clip_search: search a range shrink factor per group (``False``: plain min-max ranges).
         prior: ``"structure"`` weighs the proxy by input second moments read off the model's
             norms and preceding layers (no data); ``"identity"`` is CafeQ's plain Frobenius proxy.
@@ -69,15 +75,16 @@ class QuantizeConfig:
     group_size: int = 64
     method: str = "cafeq"
     transform: Literal["learned", "hadamard", "identity"] = "learned"
-    transform_family: Literal["orthogonal", "invertible"] = "orthogonal"
+    transform_family: Literal["orthogonal", "invertible"] = "invertible"
     block_size: int = 64
     steps: int = 100
-    lr: float = 0.02
+    lr: float = 0.003
     dual: bool = True
     dual_steps: int = 60
     rounding: Literal["gptq", "nearest"] = "gptq"
+    alternating: bool = False
     clip_search: bool = True
-    prior: Literal["structure", "identity"] = "structure"
+    prior: Literal["structure", "balance", "structure+balance", "identity"] = "structure+balance"
     select: bool = True
     include_head: bool = False
     skip: tuple[str, ...] = ()
@@ -99,7 +106,7 @@ class QuantizeConfig:
         _choice("transform", self.transform, ("learned", "hadamard", "identity"))
         _choice("transform_family", self.transform_family, ("orthogonal", "invertible"))
         _choice("rounding", self.rounding, ("gptq", "nearest"))
-        _choice("prior", self.prior, ("structure", "identity"))
+        _choice("prior", self.prior, PRIORS)
         if (
             isinstance(self.block_size, bool)
             or not isinstance(self.block_size, int)

@@ -16,7 +16,7 @@ Everything is plain torch and runs on any device.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -211,10 +211,16 @@ def fake_quantize(
     """Quantize and dequantize ``W`` (min-max RTN) in its own dtype.
 
     With ``ste=True`` the rounding is a straight-through estimator: the forward value is exactly the
-    quantized weight and the gradient flows through ``round`` as if it were the identity (and
-    through the scale, which depends on the group's extremes), so transforms applied before the
-    quantizer can be learned by gradient descent.
+    quantized weight, and the gradient flows through ``round`` as if it were the identity and
+    through each group's scale, which depends on the group's extremes. Since ``(q - z) s =
+    W + (q - y) s`` with ``y = W / s + z``, the gradient is ``∂L/∂W`` plus, at each group's largest
+    and smallest element, ``± Σ_group (∂L/∂Ŵ ⊙ (q − y)) / (2^b − 1)``: transforms applied before
+    the quantizer learn to shrink the groups' ranges. (A pure identity STE gives an orthogonal
+    transform no gradient at all.) This closed form is implemented as one autograd node.
     """
+    if ste and shrink is None:
+        out: torch.Tensor = _FakeQuantSTE.apply(W, fmt)
+        return out
     G = _groups(W, fmt.group_size)
     lo = G.amin(dim=-1, keepdim=True).clamp(max=0)
     hi = G.amax(dim=-1, keepdim=True).clamp(min=0)
@@ -236,3 +242,45 @@ def fake_quantize(
         zero = zero.round().clamp(0, fmt.qmax)
         q = (x + zero).round().clamp(0, fmt.qmax)
     return ((q - zero) * scale).reshape(W.shape)
+
+
+class _FakeQuantSTE(torch.autograd.Function):
+    """Min-max fake quantization with the straight-through gradient of :func:`fake_quantize`."""
+
+    @staticmethod
+    def forward(W: torch.Tensor, fmt: QuantFormat) -> Any:
+        G = _groups(W, fmt.group_size)
+        lo_v, lo_i = G.min(dim=-1)
+        hi_v, hi_i = G.max(dim=-1)
+        lo, hi = lo_v.clamp(max=0), hi_v.clamp(min=0)
+        s = _store_up((hi - lo) / fmt.qmax, fmt.scale_dtype)
+        ok = s > 0
+        s = torch.where(ok, s, torch.ones_like(s)).unsqueeze(-1)
+        z = (-lo.unsqueeze(-1) / s).round().clamp(0, fmt.qmax)
+        y = G / s + z
+        q = y.round().clamp(0, fmt.qmax)
+        out = ((q - z) * s).reshape(W.shape)
+        return out, q - y, lo_i, hi_i, (hi_v > 0) & ok, (lo_v < 0) & ok
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        _W, fmt = inputs
+        _, r, lo_i, hi_i, hmask, lmask = output
+        ctx.save_for_backward(r, lo_i, hi_i, hmask, lmask)
+        ctx.qmax = fmt.qmax
+        ctx.mark_non_differentiable(r, lo_i, hi_i, hmask, lmask)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, None]:
+        r, lo_i, hi_i, hmask, lmask = ctx.saved_tensors
+        gG = grad.reshape(r.shape)
+        ds = (gG * r).sum(-1) / ctx.qmax  # dL/d(range / qmax)
+        out = gG.clone()
+        out.scatter_add_(-1, hi_i.unsqueeze(-1), (ds * hmask).unsqueeze(-1))
+        out.scatter_add_(-1, lo_i.unsqueeze(-1), (-ds * lmask).unsqueeze(-1))
+        return out.reshape(grad.shape), None
+
+    @classmethod
+    def apply(cls, W: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
+        out: torch.Tensor = super().apply(W, fmt)[0]
+        return out

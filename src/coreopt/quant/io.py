@@ -72,9 +72,11 @@ def read_layer_configs(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]
 def load_quantized(
     model: nn.Module, path: str | os.PathLike[str], *, device: str | torch.device | None = None
 ) -> nn.Module:
-    """Load a file written by :func:`save_quantized` into ``model`` (same architecture, unquantized,
-    any weights): the listed ``nn.Linear`` layers are replaced by :class:`QuantizedLinear` layers and
-    every tensor is loaded. Returns ``model``.
+    """Load a file written by :func:`save_quantized` into ``model``.
+
+    ``model`` has the same architecture, unquantized, with any weights: the listed ``nn.Linear``
+    layers are replaced by :class:`QuantizedLinear` layers and every tensor is loaded. Returns
+    ``model``.
 
     Raises:
         ValueError: the file is not a coreopt quantized model, or a listed layer is missing or is

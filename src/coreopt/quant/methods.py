@@ -18,7 +18,12 @@ from coreopt.quant.config import QuantizeConfig
 from coreopt.quant.format import QuantFormat, dequantize_codes, minmax_params, quantize_codes
 from coreopt.quant.linear import pad_columns
 from coreopt.quant.pairs import PairProblem, _factor, alternating_rounding
-from coreopt.quant.proxy import InputMoments, weighted_sq_error
+from coreopt.quant.proxy import (
+    InputMoments,
+    balance_moments,
+    combine_moments,
+    weighted_sq_error,
+)
 from coreopt.quant.rounding import DEFAULT_SHRINK_GRID, gptq, rtn_fit
 from coreopt.quant.single import learn_transform
 from coreopt.quant.transforms import block_diag, random_block_orthogonal, right_blocks
@@ -121,6 +126,20 @@ def _padded_moments(m: InputMoments | None, n: int, n_pad: int) -> InputMoments 
     return InputMoments(d, u, m.source)
 
 
+def layer_prior(
+    W: torch.Tensor, structural: InputMoments | None, prior: str
+) -> InputMoments | None:
+    """The input second moment the proxy of ``W`` uses under ``prior`` (normalised, or ``None``)."""
+    if prior == "identity":
+        return None
+    parts: list[InputMoments | None] = []
+    if "structure" in prior:
+        parts.append(structural if structural is not None else None)
+    if "balance" in prior:
+        parts.append(balance_moments(W))
+    return combine_moments(*parts)
+
+
 def _proxy(W: torch.Tensor, W_eff: torch.Tensor, m: InputMoments | None) -> float:
     den = float(weighted_sq_error(W, m))
     return float(weighted_sq_error(W - W_eff, m)) / den if den > 0 else 0.0
@@ -206,7 +225,7 @@ def rtn_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[LayerOu
         start = time.perf_counter()
         W = t.weight.float()
         c = _plain_rtn(pad_columns(W, fmt.group_size), fmt)
-        m = t.moments if cfg.prior == "structure" else None
+        m = layer_prior(W, t.moments, cfg.prior)
         outs.append(_outcome(t, fmt, W, c, None, m, "rtn", start, c))
     return outs
 
@@ -219,7 +238,7 @@ def hadamard_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[La
         start = time.perf_counter()
         W = t.weight.float()
         n = W.shape[1]
-        m = t.moments if cfg.prior == "structure" else None
+        m = layer_prior(W, t.moments, cfg.prior)
         base = _plain_rtn(pad_columns(W, fmt.group_size), fmt)
         b = cfg.block_size
         if n % b or n % fmt.group_size:
@@ -254,7 +273,7 @@ def cafeq_matrix(t: MatrixTask, cfg: QuantizeConfig) -> LayerOutcome:
     n = W.shape[1]
     Wp = pad_columns(W, g)
     n_pad = Wp.shape[1]
-    m = t.moments.normalized() if (cfg.prior == "structure" and t.moments is not None) else None
+    m = layer_prior(W, t.moments, cfg.prior)
     m_pad = _padded_moments(m, n, n_pad)
     S = None if m_pad is None or m_pad.is_identity else m_pad.dense().to(W)
     base = _plain_rtn(Wp, fmt)
@@ -308,7 +327,7 @@ def cafeq_matrix(t: MatrixTask, cfg: QuantizeConfig) -> LayerOutcome:
     elif cfg.transform != "identity":
         note = f"no transform: block {b} does not divide in_features={n}"
     if cfg.select:
-        loss, choice, c, T_ = min(cands, key=lambda x: x[0])
+        _, choice, c, T_ = min(cands, key=lambda x: x[0])
     else:
         _loss, choice, c, T_ = cands[-1]
     return _outcome(t, fmt, W, c, T_, m, choice, start, base, note)
@@ -328,11 +347,7 @@ def cafeq_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[Layer
     R, P = task.reader.weight.float(), task.producer.weight.float()
     if R.shape[1] % g or P.shape[1] % g:
         return singles
-    m = (
-        task.moments.normalized()
-        if (cfg.prior == "structure" and task.moments is not None)
-        else None
-    )
+    m = layer_prior(P, task.moments, cfg.prior)
     prob = PairProblem(task.kind, R, P, task.n_heads, task.n_kv_heads, task.head_dim, m)  # type: ignore[arg-type]
     L = _factor(m, P.shape[1], P)
     norm = float(prob.loss(torch.zeros_like(R), torch.zeros_like(P), L)) or 1.0
@@ -340,7 +355,10 @@ def cafeq_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[Layer
         float(prob.loss(singles[0].effective_weight(g), singles[1].effective_weight(g), L)) / norm
     )
     alt = alternating_rounding(prob, fmt, grid=DEFAULT_SHRINK_GRID if cfg.clip_search else None)
-    note = f"pair {task.kind}: product proxy rtn {alt.initial_loss:.4g}, per-matrix {single_loss:.4g}, alternating {alt.loss:.4g}"
+    note = (
+        f"pair {task.kind}: product proxy rtn {alt.initial_loss:.4g}, "
+        f"per-matrix {single_loss:.4g}, alternating {alt.loss:.4g}"
+    )
     if alt.loss >= single_loss:
         for o in singles:
             o.note = (o.note + "; " if o.note else "") + note
@@ -351,9 +369,7 @@ def cafeq_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[Layer
         (task.producer, alt.producer, singles[1]),
     ):
         W = t.weight.float()
-        mm = (
-            t.moments.normalized() if (cfg.prior == "structure" and t.moments is not None) else None
-        )
+        mm = layer_prior(W, t.moments, cfg.prior)
         base = _plain_rtn(W, fmt)
         out = _outcome(
             t,

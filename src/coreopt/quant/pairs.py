@@ -20,11 +20,11 @@ then the pair is rounded alternately: with ``Â`` fixed, ``B̂`` minimises ``Σ_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
-from coreopt.objective import MinimizeConfig, minimize
+from coreopt.objective import MinimizeConfig, Objective, minimize
 from coreopt.quant.format import QuantFormat, dequantize_codes, fake_quantize, quantize_codes
 from coreopt.quant.proxy import InputMoments
 from coreopt.quant.rounding import DEFAULT_SHRINK_GRID, fit_group_params, gptq
@@ -239,7 +239,7 @@ def learn_pair_transform(
         return to_M(start).detach(), initial, initial
     with torch.enable_grad():
         res = minimize(
-            objective,
+            cast(Objective, objective),
             start,
             MinimizeConfig(
                 steps=steps, lr=lr, optimizer="adam", patience=None, keep_best=True, progress=False
@@ -262,9 +262,10 @@ def gptq_rows(
     damp: float = 0.01,
     grid: tuple[float, ...] | None = DEFAULT_SHRINK_GRID,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Round the rows of ``Y`` (``(k, d, in)``: ``k`` independent head blocks) one after the other
-    against ``Σ_k tr((Y_k − Ŷ_k)ᵀ H_k (Y_k − Ŷ_k))`` (``H``: ``(k, d, d)``), pushing each row's error
-    onto the rows not yet rounded. Each row's group scales are fitted when it is reached.
+    """Round the rows of ``Y`` (``(k, d, in)``: ``k`` independent head blocks) one after the other.
+
+    The loss is ``Σ_k tr((Y_k − Ŷ_k)ᵀ H_k (Y_k − Ŷ_k))`` (``H``: ``(k, d, d)``); each row's error is
+    pushed onto the rows not yet rounded. Each row's group scales are fitted when it is reached.
 
     Returns ``(codes, scale, zero)`` for the ``(k d, in)`` matrix.
     """
@@ -410,7 +411,7 @@ def learn_gated_scaling(
         return torch.ones_like(start), initial, initial
     with torch.enable_grad():
         res = minimize(
-            objective,
+            cast(Objective, objective),
             start,
             MinimizeConfig(
                 steps=steps, lr=lr, optimizer="adam", patience=None, keep_best=True, progress=False

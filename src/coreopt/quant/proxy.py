@@ -88,7 +88,7 @@ def weighted_sq_error(E: torch.Tensor, moments: InputMoments | None = None) -> t
     """``tr(E Σ Eᵀ)`` for an error matrix ``E`` of shape ``(out, in)``; ``Σ = I`` when ``None``."""
     if moments is None or moments.is_identity:
         return (E**2).sum()
-    loss = (E ** 2 * moments.diag).sum() if moments.diag is not None else (E ** 2).sum()
+    loss = (E**2 * moments.diag).sum() if moments.diag is not None else (E**2).sum()
     if moments.low_rank is not None:
         loss = loss + ((E @ moments.low_rank) ** 2).sum()
     return loss
@@ -112,8 +112,8 @@ def product_sq_error(
     With ``heads = (h_a, h_b)``, the inner dimension is split into ``h_a`` heads on ``A``'s side and
     ``h_b`` heads on ``B``'s (grouped-query attention: ``h_a`` a multiple of ``h_b``, query head
     ``j`` reads key/value head ``j // (h_a / h_b)``), and the loss is
-    ``Σ_j ||(A_j B_{g(j)} - Â_j B̂_{g(j)}) Σ^{1/2}||²`` (heads mix different token positions, so their
-    errors are counted separately). Without ``heads`` it is ``||(A B - Â B̂) Σ^{1/2}||²``.
+    ``Σ_j ||(A_j B_{g(j)} - Â_j B̂_{g(j)}) Σ^{1/2}||²`` (heads mix different token positions, so
+    their errors are counted separately). Without ``heads`` it is ``||(A B - Â B̂) Σ^{1/2}||²``.
     """
     if heads is None:
         return weighted_sq_error(A @ B - A_hat @ B_hat, moments)
@@ -127,3 +127,43 @@ def product_sq_error(
     Bhh = B_hat.reshape(hb, d, -1).repeat_interleave(rep, 0)
     E = (Ah @ Bh - Ahh @ Bhh).reshape(ha * o, -1)
     return weighted_sq_error(E, moments)
+
+
+def balance_moments(W: torch.Tensor, cap: float = 100.0) -> InputMoments:
+    """A second moment read off the weight itself: ``Σ_jj = (median_k ||W[:, k]|| / ||W[:, j]||)²``,
+    clipped to ``[1 / cap, cap]``.
+
+    It encodes the *balance* hypothesis: a trained layer reads each input channel with a strength
+    inversely proportional to the channel's scale, so that channels contribute comparably. A column
+    the layer barely reads is a channel carrying large activations: in attention, the value
+    projection reads the residual stream's massive (attention-sink) channels with weights 5-10x
+    smaller than the median, and an error there is broadcast by the sink to every token. Plain
+    Frobenius error treats those weights like any other; this prior weighs them by the scale of
+    what they multiply.
+    """
+    norms = torch.linalg.vector_norm(W.float(), dim=0)
+    med = norms.median().clamp_min(1e-30)
+    d = (med / norms.clamp_min(med / cap**0.5)) ** 2
+    return InputMoments(d.clamp(1.0 / cap, cap), None, source="balance")
+
+
+def combine_moments(*parts: InputMoments | None) -> InputMoments | None:
+    """The mixture ``Σ_i Σ_i / (tr Σ_i / n)`` of normalised moments (``None``/identity parts count
+    as ``I``); ``None`` when every part is the identity."""
+    real = [p for p in parts if p is not None and not p.is_identity]
+    if not real:
+        return None
+    n = real[0].dim()
+    ref = real[0].diag if real[0].diag is not None else real[0].low_rank
+    assert ref is not None
+    d = torch.zeros(n, dtype=torch.float32, device=ref.device)
+    lows = []
+    n_identity = len(parts) - len(real)
+    for p in real:
+        q = p.normalized()
+        d = d + (q.diag.to(d) if q.diag is not None else 1.0)
+        if q.low_rank is not None:
+            lows.append(q.low_rank.to(d))
+    d = d + n_identity
+    u = torch.cat(lows, dim=1) if lows else None
+    return InputMoments(d, u, "+".join(p.source for p in real)).normalized()

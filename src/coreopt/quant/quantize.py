@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import logging
@@ -17,7 +18,7 @@ from coreopt.objective import resolve_device
 from coreopt.parallel import parallel_map
 from coreopt.quant.config import MetaDeviceError, NonFiniteWeightError, QuantizeConfig
 from coreopt.quant.linear import QuantizedLinear
-from coreopt.quant.methods import LayerOutcome, MatrixTask, PairTask, get_method
+from coreopt.quant.methods import LayerOutcome, MatrixTask, PairTask, get_method, layer_prior
 from coreopt.quant.pairs import (
     PairProblem,
     fold_gated,
@@ -119,7 +120,8 @@ class QuantizeResult:
 
     def __str__(self) -> str:
         return (
-            f"QuantizeResult({len(self.layers)} layers, {self.config.bits}-bit g{self.config.group_size} "
+            f"QuantizeResult({len(self.layers)} layers, {self.config.bits}-bit "
+            f"g{self.config.group_size} "
             f"{self.config.method}, mean rel. error {self.mean_rel_error:.4f} "
             f"(RTN {self.mean_rel_error_rtn:.4f}), {self.memory_before / 2**20:.1f} MiB -> "
             f"{self.memory_after / 2**20:.1f} MiB, {self.wall_time:.1f} s)"
@@ -178,8 +180,8 @@ def select_targets(
                 raise ValueError(f"targets: the model has no module named {n!r}")
             if not isinstance(modules[n], nn.Linear):
                 raise TypeError(
-                    f"targets: {n!r} is a {type(modules[n]).__name__}; only nn.Linear layers can be "
-                    "quantized"
+                    f"targets: {n!r} is a {type(modules[n]).__name__}; only nn.Linear layers "
+                    "can be quantized"
                 )
         order = {n: i for i, n in enumerate(modules)}
         return sorted(set(names), key=order.__getitem__), skipped
@@ -237,13 +239,13 @@ def structure_moments(model: nn.Module, st: ModelStructure) -> dict[str, InputMo
         )
     for mlp in st.mlp:
         x = norm_moments(mods[mlp.norm]) if mlp.norm else InputMoments(source="identity")
-        for n in (mlp.up, mlp.gate):
-            if n:
-                out[n] = x
+        for fed in (mlp.up, mlp.gate):
+            if fed:
+                out[fed] = x
         up = mods[mlp.up]
         gate = mods[mlp.gate] if mlp.gate else None
         xin = x if not x.is_identity else InputMoments(torch.ones(up.in_features))
-        try:
+        with contextlib.suppress(ValueError):  # unknown activation: no prior for down
             out[mlp.down] = mlp_hidden_moments(
                 up.weight.detach().float(),
                 None if up.bias is None else up.bias.detach().float(),
@@ -252,8 +254,6 @@ def structure_moments(model: nn.Module, st: ModelStructure) -> dict[str, InputMo
                 None if gate is None else gate.weight.detach().float(),
                 None if gate is None or gate.bias is None else gate.bias.detach().float(),
             )
-        except ValueError:  # unknown activation: no prior for down
-            pass
     return out
 
 
@@ -373,17 +373,19 @@ def _fold_all(
     mlps = [m for m in st.mlp if m.gate and {m.up, m.down, m.gate} <= target_set]
 
     def fold_att(a: AttentionSite) -> dict[str, str]:
-        x = norm_moments(modules[a.norm]) if (a.norm and cfg.prior == "structure") else None
+        x = norm_moments(modules[a.norm]) if a.norm else None
+        x = layer_prior(modules[a.v].weight.detach(), x, cfg.prior)
         return _fold_attention(model, a, cfg, x, device)
 
     for notes in parallel_map(
         fold_att, att, executor=cfg.executor, max_workers=cfg.max_workers, progress=False
     ):
         duals.update(notes)
-    hidden = structure_moments(model, st) if (mlps and cfg.prior == "structure") else {}
+    hidden = structure_moments(model, st) if mlps else {}
 
     def fold_m(m: MlpSite) -> dict[str, str]:
-        return _fold_mlp(model, m, cfg, hidden.get(m.down), device)
+        h = layer_prior(modules[m.down].weight.detach(), hidden.get(m.down), cfg.prior)
+        return _fold_mlp(model, m, cfg, h, device)
 
     for notes in parallel_map(
         fold_m, mlps, executor=cfg.executor, max_workers=cfg.max_workers, progress=False
@@ -422,6 +424,7 @@ def quantize(
     *,
     config: QuantizeConfig | None = None,
     targets: Iterable[str] | None = None,
+    moments: dict[str, InputMoments] | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Quantize the linear layers of ``model`` in place to packed b-bit weights, without data.
@@ -440,6 +443,9 @@ def quantize(
         config: a :class:`QuantizeConfig`; defaults to ``QuantizeConfig()``.
         targets: names of the ``nn.Linear`` modules to quantize (default: all but the head and
             ``config.skip``).
+        moments: ``{layer name: InputMoments}`` replacing the structural input moments of those
+            layers (for instance statistics you measured yourself; the method is then no longer
+            calibration-free). Used by the ``"structure"`` priors.
         **overrides: other fields of :class:`QuantizeConfig`.
 
     Returns:
@@ -454,7 +460,9 @@ def quantize(
 
     Examples:
         >>> import torch, coreopt
-        >>> net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+        >>> net = torch.nn.Sequential(
+        ...     torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)
+        ... )
         >>> net = coreopt.quantize(net, bits=4, steps=5, progress=False)
         >>> type(net[0]).__name__, len(net.quantization_report.layers)
         ('QuantizedLinear', 2)
@@ -462,7 +470,7 @@ def quantize(
     start = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    shortcuts = {"bits": bits, "group_size": group_size, "method": method}
+    shortcuts: dict[str, Any] = {"bits": bits, "group_size": group_size, "method": method}
     cfg = dataclasses.replace(
         config or QuantizeConfig(),
         **{k: v for k, v in shortcuts.items() if v is not None},
@@ -483,22 +491,23 @@ def quantize(
     modules = dict(model.named_modules())
     target_set = set(names)
 
-    structured = cfg.method == "cafeq" and (cfg.dual or cfg.prior == "structure")
+    structured = cfg.method == "cafeq" and (cfg.dual or "structure" in cfg.prior)
     st = discover(model) if structured else ModelStructure()
     duals: dict[str, str] = {}
     if cfg.method == "cafeq" and cfg.dual:
         duals = _fold_all(model, st, cfg, target_set, device)
-    moments = structure_moments(model, st) if (structured and cfg.prior == "structure") else {}
+    moments_ = structure_moments(model, st) if (structured and "structure" in cfg.prior) else {}
+    moments_.update(moments or {})
 
     def matrix_task(i: int, n: str) -> MatrixTask:
         w = modules[n].weight.detach()
         w = w.to(device=device or w.device, dtype=torch.float32)
-        return MatrixTask(n, w, _moments_on(moments.get(n), w.device), cfg.seed + i)
+        return MatrixTask(n, w, _moments_on(moments_.get(n), w.device), cfg.seed + i)
 
     index = {n: i for i, n in enumerate(names)}
     tasks: list[MatrixTask | PairTask] = []
     paired: set[str] = set()
-    if cfg.method == "cafeq" and cfg.rounding == "gptq":
+    if cfg.method == "cafeq" and cfg.rounding == "gptq" and cfg.alternating:
         for a in st.attention:
             for kind, reader, producer in (("vo", a.o, a.v), ("qk", a.q, a.k)):
                 if kind == "qk" and a.rope is None:
@@ -513,7 +522,7 @@ def quantize(
                             a.n_kv_heads,
                             a.head_dim,
                             _moments_on(
-                                moments.get(a.v),
+                                moments_.get(a.v),
                                 modules[a.v].weight.device if device is None else device,
                             ),
                         )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
 from coreopt.manifold import cayley, skew
-from coreopt.objective import MinimizeConfig, minimize
+from coreopt.objective import MinimizeConfig, Objective, minimize
 from coreopt.quant.format import QuantFormat, fake_quantize
 from coreopt.quant.proxy import InputMoments, weighted_sq_error
 from coreopt.quant.transforms import random_block_orthogonal, right_blocks
@@ -58,8 +58,8 @@ def learn_transform(
     moments: InputMoments | None = None,
     family: TransformFamily = "invertible",
     init: Literal["hadamard", "identity", "haar"] = "hadamard",
-    steps: int = 150,
-    lr: float = 2e-3,
+    steps: int = 100,
+    lr: float = 3e-3,
     generator: torch.Generator | None = None,
 ) -> TransformFit:
     """Learn ``T = blockdiag(T_1..T_k)`` minimising ``||(W - Q(W T⁻¹) T) Σ^{1/2}||²`` through a
@@ -112,7 +112,7 @@ def learn_transform(
         return TransformFit(T_init, Tinv_init, initial, initial, 0)
     with torch.enable_grad():
         res = minimize(
-            objective,
+            cast(Objective, objective),
             start,
             MinimizeConfig(
                 steps=steps,

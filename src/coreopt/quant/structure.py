@@ -20,6 +20,7 @@ pairs and is quantized matrix by matrix.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,7 +131,7 @@ def _join(prefix: str, rel: str) -> str:
 
 
 def is_norm(module: nn.Module) -> bool:
-    """LayerNorm, or a module whose class name ends in ``RMSNorm``/``LayerNorm`` with a 1-d weight."""
+    """LayerNorm, or a module named ``*RMSNorm``/``*LayerNorm`` with a 1-d weight."""
     if isinstance(module, nn.LayerNorm):
         return True
     w = getattr(module, "weight", None)
@@ -237,7 +238,7 @@ def discover(model: nn.Module) -> ModelStructure:
             if site is None:
                 continue
             norm = named_norm(prefix, _ATTN_NORMS) or preceding_norm(site.q)
-            site = AttentionSite(**{**site.__dict__, "norm": norm})
+            site = dataclasses.replace(site, norm=norm)
             st.attention.append(site)
             claimed.update(names)
             g.add_nodes_from(names, kind="linear")
@@ -277,9 +278,9 @@ def discover(model: nn.Module) -> ModelStructure:
                 g.add_edge(gname, names[1], kind="gate")
             if norm is not None:
                 g.add_node(norm, kind="norm")
-                for n in (names[0], gname):
-                    if n:
-                        g.add_edge(norm, n, kind="feeds")
+                for fed in (names[0], gname):
+                    if fed:
+                        g.add_edge(norm, fed, kind="feeds")
             break
     return st
 
@@ -310,7 +311,8 @@ def _attention_site(
         return None
     if rope and head_dim % 2:
         rope = None
-    return AttentionSite(prefix, *names, n_heads, n_kv, head_dim, rope)
+    q_name, k_name, v_name, o_name = names
+    return AttentionSite(prefix, q_name, k_name, v_name, o_name, n_heads, n_kv, head_dim, rope)
 
 
 # ----------------------------------------------------------------------------------------------
