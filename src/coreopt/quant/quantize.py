@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -360,6 +361,12 @@ def _fold_mlp(
     return {site.up: "gated", site.down: "gated"}
 
 
+def _workers(cfg: QuantizeConfig) -> int:
+    """Threads for in-process fan-out: ``max_workers``, else one per CPU core (each layer's torch
+    ops are themselves multi-threaded, more threads only contend)."""
+    return cfg.max_workers or max(1, os.cpu_count() or 1)
+
+
 def _fold_all(
     model: nn.Module,
     st: ModelStructure,
@@ -377,9 +384,7 @@ def _fold_all(
         x = layer_prior(modules[a.v].weight.detach(), x, cfg.prior)
         return _fold_attention(model, a, cfg, x, device)
 
-    for notes in parallel_map(
-        fold_att, att, executor=cfg.executor, max_workers=cfg.max_workers, progress=False
-    ):
+    for notes in parallel_map(fold_att, att, max_workers=_workers(cfg), progress=False):
         duals.update(notes)
     hidden = structure_moments(model, st) if mlps else {}
 
@@ -387,9 +392,7 @@ def _fold_all(
         h = layer_prior(modules[m.down].weight.detach(), hidden.get(m.down), cfg.prior)
         return _fold_mlp(model, m, cfg, h, device)
 
-    for notes in parallel_map(
-        fold_m, mlps, executor=cfg.executor, max_workers=cfg.max_workers, progress=False
-    ):
+    for notes in parallel_map(fold_m, mlps, max_workers=_workers(cfg), progress=False):
         duals.update(notes)
     return duals
 
@@ -532,11 +535,16 @@ def quantize(
     handler = get_method(cfg.method)
 
     outcomes: dict[str, LayerOutcome] = {}
+    shipped = dataclasses.replace(cfg, executor=None)  # what travels to the workers
+
+    def run(task: MatrixTask | PairTask) -> list[LayerOutcome]:
+        return handler(task, shipped)
+
     for outs in parallel_map(
-        lambda t: handler(t, cfg),
+        run,
         tasks,
         executor=cfg.executor,
-        max_workers=cfg.max_workers,
+        max_workers=_workers(cfg),
         progress=cfg.progress,
         desc=f"quantize {cfg.bits}-bit g{cfg.group_size} ({cfg.method})",
     ):

