@@ -49,7 +49,8 @@ def mimetic_mlp_(
     vision training (additive with spatial-mixing inits, strongest in short training). The
     exact constant was not recoverable *(reconstructed)*: by default ``std`` is PyTorch's
     ``nn.Linear`` default (``1/sqrt(3 fan_in)``) and ``mean = 0.25 std``
-    (:class:`MimeticMLPConfig`).
+    (:class:`MimeticMLPConfig`). coreopt's benchmark (a tiny ViT on digits) measured no effect
+    of the mean itself against a zero-mean control with the same ``std``; measure it on your task.
 
     Args:
         layer: an ``nn.Linear`` (the first layer), or an MLP block whose first layers
