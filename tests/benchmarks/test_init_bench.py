@@ -173,6 +173,8 @@ def test_quick_smoke_all_cases(tmp_path: Path) -> None:
             sys.executable,
             str(BENCH_DIR / "init.py"),
             "--quick",
+            "--threads",
+            "1",  # two torch threads on tiny models are up to 15x slower on a busy 2-core CI box
             "--plot",
             "--plot-dir",
             str(tmp_path),
