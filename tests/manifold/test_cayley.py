@@ -97,3 +97,40 @@ def test_bad_input() -> None:
         cayley(torch.zeros(3))
     with pytest.raises(TypeError, match="floating"):
         cayley(torch.zeros(3, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (6, 3), (3, 6)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_vmap_matches_the_loop(shape: tuple[int, int], dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(5, 2, *shape, generator=g, dtype=dtype)
+    A = skew(W) if shape[0] == shape[1] else W
+    loop = torch.stack([torch.stack([cayley(a) for a in row]) for row in A])
+    torch.testing.assert_close(torch.func.vmap(cayley)(A), loop, rtol=0, atol=1e-14)
+    torch.testing.assert_close(
+        torch.func.vmap(torch.func.vmap(cayley), in_dims=1, out_dims=1)(A), loop, rtol=0, atol=1e-14
+    )
+    # The backward runs batched too: per-sample gradients.
+    T = torch.randn(shape, generator=g, dtype=torch.float64)
+
+    def loss(a: torch.Tensor) -> torch.Tensor:
+        q = cayley(a)
+        return ((q.real if q.is_complex() else q) * T).sum()
+
+    per_sample = torch.func.vmap(torch.func.vmap(torch.func.grad(loss)))(A)
+    expected = torch.stack([torch.stack([torch.func.grad(loss)(a) for a in row]) for row in A])
+    torch.testing.assert_close(per_sample, expected, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (6, 3), (3, 6)])
+def test_forward_mode_jacobian_matches_reverse_mode(shape: tuple[int, int]) -> None:
+    W = torch.randn(shape, dtype=torch.float64)
+    A = skew(W) if shape[0] == shape[1] else W
+    J_fwd = torch.func.jacfwd(cayley)(A)
+    J_rev = torch.func.jacrev(cayley)(A)
+    torch.testing.assert_close(J_fwd, J_rev, rtol=0, atol=1e-12)
+    dA = torch.randn(shape, dtype=torch.float64)
+    eps = 1e-6
+    fd = (cayley(A + eps * dA) - cayley(A - eps * dA)) / (2 * eps)
+    _, tangent = torch.func.jvp(cayley, (A,), (dA,))
+    torch.testing.assert_close(tangent, fd, rtol=0, atol=1e-8)

@@ -153,7 +153,8 @@ def test_eval_cache_equals_fresh_and_is_invalidated_by_a_step() -> None:
     layer.train()
     assert len(layer._cache) == 0
     with torch.no_grad():
-        torch.testing.assert_close(layer(x), y_after, rtol=0, atol=0)
+        # Training mode never forms Q (it solves against the batch): equal up to rounding.
+        torch.testing.assert_close(layer(x), y_after, rtol=0, atol=1e-5)
 
 
 def test_cache_invalidated_by_load_state_dict_and_checkpoint_round_trip(tmp_path) -> None:
@@ -213,11 +214,12 @@ def test_cuda_matches_cpu() -> None:
     assert (torch.linalg.svdvals(J.double()) - 1).abs().max().item() < SV_TOL[torch.float32]
 
 
-def test_torch_compile_matches_eager() -> None:
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_torch_compile_matches_eager(backend: str) -> None:
     torch._dynamo.reset()
     torch.manual_seed(0)
     layer = CayleyConv2d(3, 4, 3, stride=2)
-    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    compiled = torch.compile(layer, backend=backend, fullgraph=True)
     x = torch.randn(2, 3, 6, 8)
     y = compiled(x)
     torch.testing.assert_close(y, layer(x))
@@ -226,6 +228,43 @@ def test_torch_compile_matches_eager() -> None:
     layer.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), layer(x))
+
+
+@pytest.mark.parametrize(
+    "backend", ["eager", "aot_eager", pytest.param("inductor", marks=pytest.mark.slow)]
+)
+@pytest.mark.parametrize(("cin", "cout", "s"), [(4, 4, 1), (3, 5, 2), (2, 5, 1)])
+def test_compiled_eval_uses_the_cache_and_sees_parameter_updates(
+    backend: str, cin: int, cout: int, s: int
+) -> None:
+    # A compiled graph cannot read the Python cache; an opaque op looks it up when the graph
+    # runs, so it is reused across calls and invalidated by in-place parameter changes.
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = CayleyConv2d(cin, cout, 3, stride=s).eval()
+    compiled = torch.compile(layer, backend=backend, fullgraph=True)
+    x = torch.randn(2, cin, 6 * s, 8 * s)
+    with torch.no_grad():
+        y = compiled(x)
+        assert len(layer._cache) == 1
+        Q = layer._cache._entries[(6, 8)]
+        torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-6)
+        compiled(x)
+        assert layer._cache._entries[(6, 8)] is Q  # reused, not recomputed
+        layer.weight.mul_(-1.5)  # an in-place update (as optimizer.step or load_state_dict)
+        y_new = compiled(x)
+        assert layer._cache._entries[(6, 8)] is not Q
+    torch.testing.assert_close(y_new, layer(x).detach(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(y_new, y)
+
+
+def test_cached_spectrum_op_passes_opcheck() -> None:
+    layer = CayleyConv2d(3, 5, 3, stride=2, groups=1).eval().requires_grad_(False)
+    args = (layer.weight, layer.alpha, 4, 3, 1, 1, 1)
+    torch.library.opcheck(torch.ops.coreopt.cayley_conv_spectrum.default, args)
+    torch.testing.assert_close(
+        torch.ops.coreopt.cayley_conv_spectrum(*args).mT, layer._compute_spectrum(4, 3)
+    )
 
 
 @pytest.mark.slow
@@ -238,3 +277,97 @@ def test_torch_compile_inductor() -> None:
     torch.testing.assert_close(compiled(x), layer(x), rtol=1e-4, atol=1e-5)
     compiled(x).sum().backward()
     assert layer.weight.grad is not None
+
+
+# The training forward never forms Q: it solves against the batch (3B < 2n) or applies M^{-1}
+# (otherwise), with a hand-written backward; eval mode applies Q (cached or differentiable) with
+# its own backward. Each is checked against finite differences over the input and every parameter.
+GRAD_CASES = [
+    # (in, out, k, stride, groups, B, H, W, mode)
+    (4, 4, 3, 1, 1, 1, 5, 6, "train"),  # square, solve against the batch
+    (2, 2, 3, 1, 1, 3, 4, 5, "train"),  # square, M^{-1} applied
+    (4, 4, 3, 1, 2, 2, 4, 3, "train"),  # groups
+    (2, 3, 2, 1, 1, 2, 3, 4, "train"),  # tall, M^{-1} applied
+    (3, 6, 3, 1, 1, 1, 4, 4, "train"),  # tall, solve against the batch
+    (6, 2, 3, 1, 1, 2, 3, 5, "train"),  # wide, M^{-1} applied
+    (2, 3, 3, 2, 1, 1, 4, 6, "train"),  # stride 2: 8 -> 3, wide, solve against the batch
+    (4, 6, 3, 1, 2, 1, 4, 4, "train"),  # groups, tall per group
+    (3, 3, 3, 1, 1, 2, 5, 4, "eval"),
+    (2, 5, 3, 1, 1, 2, 3, 4, "eval"),
+]
+
+
+@pytest.mark.parametrize(("cin", "cout", "k", "s", "g", "B", "H", "W", "mode"), GRAD_CASES)
+def test_gradcheck_every_path(
+    cin: int, cout: int, k: int, s: int, g: int, B: int, H: int, W: int, mode: str
+) -> None:
+    torch.manual_seed(0)
+    layer = CayleyConv2d(cin, cout, k, stride=s, groups=g).double()
+    with torch.no_grad():
+        layer.bias.normal_()
+    layer.train(mode == "train")
+    names = [name for name, _ in layer.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
+    x = torch.randn(B, cin, H, W, dtype=torch.float64, requires_grad=True)
+
+    def f(x: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(layer, dict(zip(names, ps, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
+
+
+@pytest.mark.parametrize(("cin", "cout", "k", "s", "H", "W"), CASES[:6])
+def test_forward_operator_is_orthogonal_in_both_modes(
+    cin: int, cout: int, k: int, s: int, H: int, W: int
+) -> None:
+    # The Jacobian tests above go through the backward; here the operator is materialised from
+    # forward passes alone (the layer applied to every basis vector), in train and eval mode.
+    torch.manual_seed(0)
+    layer = CayleyConv2d(cin, cout, k, stride=s, bias=False).double()
+    basis = torch.eye(cin * H * W, dtype=torch.float64).reshape(-1, cin, H, W)
+    ops = []
+    for mode in (True, False):
+        layer.train(mode)
+        with torch.no_grad():
+            ops.append(layer(basis).reshape(basis.shape[0], -1).T)
+        sv = torch.linalg.svdvals(ops[-1])
+        assert (sv - 1).abs().max().item() < SV_TOL[torch.float64]
+    torch.testing.assert_close(ops[0], ops[1], rtol=0, atol=1e-12)
+
+
+def test_bias_gradient_and_value() -> None:
+    torch.manual_seed(0)
+    layer = CayleyConv2d(3, 3, 3).double()
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor([1.0, -2.0, 0.5]))
+        no_bias = CayleyConv2d(3, 3, 3, bias=False).double()
+        no_bias.weight.copy_(layer.weight)
+        no_bias.alpha.copy_(layer.alpha)
+    for mode in (True, False):
+        layer.train(mode)
+        no_bias.train(mode)
+        with torch.no_grad():
+            diff = layer(x) - no_bias(x)
+        torch.testing.assert_close(diff, layer.bias.view(1, -1, 1, 1).expand_as(diff))
+        layer.zero_grad()
+        G = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+        layer(x).backward(G)
+        torch.testing.assert_close(layer.bias.grad, G.sum((0, 2, 3)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("cin", "cout", "s"), [(4, 4, 1), (3, 7, 1), (8, 3, 1), (4, 8, 2)])
+def test_training_path_spectrum_is_unitary_and_equals_q(
+    cin: int, cout: int, s: int, dtype: torch.dtype
+) -> None:
+    # The per-frequency matrices that training applies (LU solves, never Q) against Q_f.
+    torch.manual_seed(0)
+    layer = CayleyConv2d(cin, cout, 3, stride=s, dtype=dtype)
+    Q = layer._compute_spectrum(6, 5)
+    with torch.no_grad():
+        for solve_batch in (True, False):
+            T = layer._training_spectrum(6, 5, solve_batch)
+            torch.testing.assert_close(T, Q, rtol=0, atol=10 * SV_TOL[dtype])
+            sv = torch.linalg.svdvals(T.to(torch.complex128))
+            assert (sv - 1).abs().max().item() < SV_TOL[dtype]

@@ -74,7 +74,10 @@ def _cayley_forward(A: torch.Tensor) -> torch.Tensor:
         # (I + A) Q = (I - A); note Q + I = 2 (I + A)^{-1}, which the backward uses.
         return torch.linalg.solve(eye + A, eye - A)
     U, V = A[..., :n, :], A[..., n:, :]
-    M = eye + (U - U.mH) + V.mH @ V
+    # Conjugates materialised (conj_physical), not lazy views: compiled graphs may run custom
+    # ops (coreopt.manifold.conv's cached spectrum) with the lazy-conjugation key excluded.
+    Vh = V.mT.conj_physical()
+    M = eye + (U - U.mT.conj_physical()) + Vh @ V
     X = torch.linalg.solve(M, eye.expand_as(M))
     return torch.cat((2 * X - eye, -2 * (V @ X)), dim=-2)
 
@@ -90,7 +93,16 @@ class _Cayley(torch.autograd.Function):
     * tall: ``Q = [2X - I; -2 V X]``, ``M = I + U - U^H + V^H V``: with
       ``G_X = 2 G_top - 2 V^H G_bot`` and ``G_M = -X^H G_X X^H``,
       ``grad_U = G_M - G_M^H`` and ``grad_V = -2 G_bot X^H + V (G_M + G_M^H)``.
+
+    Forward mode (``jvp``): ``dX = -X dM X``; square ``dQ = 2 dX``, tall
+    ``dQ = [2 dX; -2 (dV X + V dX)]``.
+
+    Forward, backward and jvp are plain batched torch operations on the trailing two dimensions,
+    so ``torch.func.vmap`` derives the batching rule by running them on batched tensors
+    (``generate_vmap_rule``), and ``jacrev``, ``jacfwd`` and ``hessian`` work.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(A: torch.Tensor) -> torch.Tensor:
@@ -100,6 +112,7 @@ class _Cayley(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
         (A,) = inputs
         ctx.save_for_backward(A, output)
+        ctx.save_for_forward(A, output)
 
     @staticmethod
     def backward(ctx: Any, G: torch.Tensor) -> torch.Tensor:
@@ -116,6 +129,19 @@ class _Cayley(torch.autograd.Function):
         grad_U = G_M - G_M.mH
         grad_V = -2 * (G_bot @ Xh) + V @ (G_M + G_M.mH)
         return torch.cat((grad_U, grad_V), dim=-2)
+
+    @staticmethod
+    def jvp(ctx: Any, dA: torch.Tensor) -> torch.Tensor:
+        # dX = -X dM X: square dQ = 2 dX; tall dQ = [2 dX; -2 (dV X + V dX)].
+        A, Q = ctx.saved_tensors
+        m, n = A.shape[-2], A.shape[-1]
+        eye = torch.eye(n, dtype=Q.dtype, device=Q.device)
+        X = (Q[..., :n, :] + eye) / 2
+        if m == n:
+            return -2 * (X @ dA @ X)
+        V, dU, dV = A[..., n:, :], dA[..., :n, :], dA[..., n:, :]
+        dX = -(X @ (dU - dU.mH + dV.mH @ V + V.mH @ dV) @ X)
+        return torch.cat((2 * dX, -2 * (dV @ X + V @ dX)), dim=-2)
 
 
 def _check_matrix(X: torch.Tensor, name: str) -> None:
