@@ -235,19 +235,26 @@ def plot_layers(result: Any, path: str, case: str) -> None:
     import matplotlib.pyplot as plt
 
     layers = result.layers
-    x = range(len(layers))
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    ax.plot(x, [r.rel_error_rtn for r in layers], "o-", ms=3, label="RTN")
-    ax.plot(x, [r.rel_error for r in layers], "s-", ms=3, label="coreopt (cafeq)")
+    x = list(range(len(layers)))
     short = [
-        ".".join(p for p in r.name.split(".") if p not in ("encoder", "layer", "attention"))
+        ".".join(
+            p for p in r.name.split(".") if p not in ("encoder", "layer", "attention", "model")
+        )
         for r in layers
     ]
-    ax.set_xticks(list(x), short, rotation=90, fontsize=6)
-    ax.set_ylabel("‖W − Ŵ‖ / ‖W‖")
-    ax.set_title(f"{case}: relative weight error per layer", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5.6), sharex=True)
+    panels = (
+        ("rel_error_rtn", "rel_error", "‖W − Ŵ‖ / ‖W‖"),
+        ("proxy_rtn", "proxy", "proxy loss (prior-weighted)"),
+    )
+    for ax, (before, after, label) in zip(axes, panels, strict=True):
+        ax.plot(x, [getattr(r, before) for r in layers], "o-", ms=3, label="RTN")
+        ax.plot(x, [getattr(r, after) for r in layers], "s-", ms=3, label="coreopt (cafeq)")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[1].set_xticks(x, short, rotation=90, fontsize=6)
+    axes[0].set_title(f"{case}: per-layer error", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -168,3 +168,39 @@ def test_learned_dual_transforms_fold_exactly(which: str) -> None:
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert changed  # the weights moved ...
     torch.testing.assert_close(_out(model, ids), ref, rtol=1e-5, atol=1e-5)  # ... the function not
+
+
+@pytest.mark.parametrize("kind", ["vo", "qk"])
+def test_pair_proxy_from_gram_matrices_matches_the_direct_product(kind: str) -> None:
+    from coreopt.quant import InputMoments
+    from coreopt.quant.pairs import PairProblem
+
+    g = torch.Generator().manual_seed(0)
+    h, kv, d, n, o = 4, 2, 8, 24, 20
+    P = torch.randn(kv * d, n, generator=g, dtype=torch.float64)
+    R = (
+        torch.randn(o, h * d, generator=g, dtype=torch.float64)
+        if kind == "vo"
+        else (torch.randn(h * d, n, generator=g, dtype=torch.float64))
+    )
+    Rh = R + 0.1 * torch.randn(R.shape, generator=g, dtype=torch.float64)
+    Ph = P + 0.1 * torch.randn(P.shape, generator=g, dtype=torch.float64)
+    m = InputMoments(
+        torch.rand(n, generator=g, dtype=torch.float64),
+        torch.randn(n, 1, generator=g, dtype=torch.float64),
+    )
+    S = m.dense()
+    L = torch.linalg.cholesky(S)
+    expected = torch.zeros((), dtype=torch.float64)
+    for j in range(h):
+        k = j // (h // kv)
+        Yj, Yhj = P[k * d : (k + 1) * d], Ph[k * d : (k + 1) * d]
+        if kind == "vo":
+            Xj, Xhj = R[:, j * d : (j + 1) * d], Rh[:, j * d : (j + 1) * d]
+            E = (Xj @ Yj - Xhj @ Yhj) @ L
+        else:
+            Xj, Xhj = R[j * d : (j + 1) * d], Rh[j * d : (j + 1) * d]
+            E = L.T @ (Xj.T @ Yj - Xhj.T @ Yhj) @ L
+        expected = expected + (E**2).sum()
+    prob = PairProblem(kind, R, P, h, kv, d, m)
+    torch.testing.assert_close(prob.loss(Rh, Ph), expected)

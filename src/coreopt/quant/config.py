@@ -78,7 +78,7 @@ class QuantizeConfig:
     transform_family: Literal["orthogonal", "invertible"] = "invertible"
     block_size: int = 64
     steps: int = 100
-    lr: float = 0.003
+    lr: float = 0.01
     dual: bool = True
     dual_steps: int = 60
     rounding: Literal["gptq", "nearest"] = "gptq"

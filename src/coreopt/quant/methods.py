@@ -17,7 +17,7 @@ import torch
 from coreopt.quant.config import QuantizeConfig
 from coreopt.quant.format import QuantFormat, dequantize_codes, minmax_params, quantize_codes
 from coreopt.quant.linear import pad_columns
-from coreopt.quant.pairs import PairProblem, _factor, alternating_rounding
+from coreopt.quant.pairs import PairProblem, alternating_rounding
 from coreopt.quant.proxy import (
     InputMoments,
     balance_moments,
@@ -349,10 +349,9 @@ def cafeq_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[Layer
         return singles
     m = layer_prior(P, task.moments, cfg.prior)
     prob = PairProblem(task.kind, R, P, task.n_heads, task.n_kv_heads, task.head_dim, m)  # type: ignore[arg-type]
-    L = _factor(m, P.shape[1], P)
-    norm = float(prob.loss(torch.zeros_like(R), torch.zeros_like(P), L)) or 1.0
+    norm = float(prob.loss(torch.zeros_like(R), torch.zeros_like(P))) or 1.0
     single_loss = (
-        float(prob.loss(singles[0].effective_weight(g), singles[1].effective_weight(g), L)) / norm
+        float(prob.loss(singles[0].effective_weight(g), singles[1].effective_weight(g))) / norm
     )
     alt = alternating_rounding(prob, fmt, grid=DEFAULT_SHRINK_GRID if cfg.clip_search else None)
     note = (
