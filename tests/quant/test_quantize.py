@@ -125,8 +125,11 @@ def test_save_load_round_trip(tmp_path: Path, method: str) -> None:
         a, b = net.get_submodule(name), fresh.get_submodule(name)
         assert isinstance(b, QuantizedLinear)
         assert torch.equal(a.qweight, b.qweight)
-    # 3-bit codes plus float16 metadata: the file is far smaller than the float32 model
-    assert path.stat().st_size < 0.35 * sum(p.numel() * 4 for p in mlp().parameters()) + 4096
+    dense = sum(p.numel() * 4 for p in mlp().parameters())
+    if method == "rtn":  # 3-bit codes plus float16 metadata: far smaller than float32
+        assert path.stat().st_size < 0.35 * dense + 4096
+    else:  # plus the 64 x 64 float32 transform blocks, large next to layers this small
+        assert path.stat().st_size < dense
 
 
 def test_save_requires_a_quantized_model(tmp_path: Path) -> None:
