@@ -22,7 +22,7 @@ class QuantizedLinear(nn.Module):
     * ``qweight``: ``uint8`` bit planes, ``(out, in_pad / 8, bits)`` (exactly ``bits`` bits per
       weight, see :mod:`coreopt.quant.packing`);
     * ``scale``, ``zero``: ``(out, in_pad / group_size)`` in the format's ``scale_dtype``;
-    * ``transform``: ``(in / block, block, block)`` float32, or absent;
+    * ``transform``: ``(in / block, block, block)`` in the format's ``scale_dtype``, or absent;
     * ``bias``: the original bias (a frozen parameter), or absent.
 
     ``in_pad`` is ``in_features`` rounded up to a multiple of ``group_size``: a layer whose input
@@ -85,7 +85,8 @@ class QuantizedLinear(nn.Module):
         )
         if transform_block:
             k = in_features // transform_block
-            eye = torch.eye(transform_block, device=device).expand(k, -1, -1).clone()
+            eye = torch.eye(transform_block, dtype=fmt.scale_dtype, device=device)
+            eye = eye.expand(k, -1, -1).clone()
             self.register_buffer("transform", eye)
         else:
             self.transform = None
@@ -131,7 +132,7 @@ class QuantizedLinear(nn.Module):
         m.zero.copy_(zero.to(fmt.scale_dtype))
         if transform is not None:
             assert m.transform is not None
-            m.transform.copy_(transform.to(torch.float32))
+            m.transform.copy_(transform.to(fmt.scale_dtype))
         if bias is not None:
             assert m.bias is not None
             m.bias.data.copy_(bias.detach())

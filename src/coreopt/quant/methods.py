@@ -170,6 +170,13 @@ def _round(W: torch.Tensor, H: torch.Tensor | None, fmt: QuantFormat, cfg: Quant
     return c, s.float(), z.float()
 
 
+def _stored_pair(T: torch.Tensor, fmt: QuantFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """``T`` rounded to the storage dtype (float16 by default) and the exact inverse of the rounded
+    blocks: what is stored is exactly what the proxy and the rounding see."""
+    Ts = T.to(fmt.scale_dtype).float()
+    return Ts, torch.linalg.inv(Ts.double()).float()
+
+
 def _plain_rtn(W: torch.Tensor, fmt: QuantFormat) -> Codes:
     s, z = minmax_params(W, fmt)
     return quantize_codes(W, s, z, fmt), s, z
@@ -258,8 +265,11 @@ def hadamard_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[La
             )
             continue
         gen = torch.Generator().manual_seed(t.seed)
-        T = random_block_orthogonal(n // b, b, kind="hadamard", generator=gen, device=W.device)
-        c = _plain_rtn(right_blocks(W, T.mT), fmt)
+        T, Tinv = _stored_pair(
+            random_block_orthogonal(n // b, b, kind="hadamard", generator=gen, device=W.device),
+            fmt,
+        )
+        c = _plain_rtn(right_blocks(W, Tinv), fmt)
         outs.append(_outcome(t, fmt, W, c, T, m, "hadamard+rtn", start, base))
     return outs
 
@@ -306,11 +316,12 @@ def cafeq_matrix(t: MatrixTask, cfg: QuantizeConfig) -> LayerOutcome:
                 lr=cfg.lr,
                 generator=gen,
             )
-            T, Tinv = fit.transform.float(), fit.inverse.float()
+            T, Tinv = _stored_pair(fit.transform, fmt)
             label = "learned"
         else:
-            T = random_block_orthogonal(n // b, b, generator=gen, device=W.device)
-            Tinv = T.mT
+            T, Tinv = _stored_pair(
+                random_block_orthogonal(n // b, b, generator=gen, device=W.device), fmt
+            )
             label = "hadamard"
         Wt = right_blocks(W, Tinv)
         Tm = block_diag(T)
