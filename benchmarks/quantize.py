@@ -227,6 +227,33 @@ def hqq_nominal_bytes(model: nn.Module, names: list[str], bits: int, group: int)
 # --------------------------------------------------------------------------------------------
 
 
+_SHORT = (
+    ("attention.self.query", "q"),
+    ("attention.self.key", "k"),
+    ("attention.self.value", "v"),
+    ("attention.output.dense", "o"),
+    ("intermediate.dense", "fc1"),
+    ("output.dense", "fc2"),
+    ("self_attn.q_proj", "q"),
+    ("self_attn.k_proj", "k"),
+    ("self_attn.v_proj", "v"),
+    ("self_attn.o_proj", "o"),
+    ("mlp.gate_proj", "gate"),
+    ("mlp.up_proj", "up"),
+    ("mlp.down_proj", "down"),
+)
+
+
+def _short_name(name: str) -> str:
+    """``encoder.layer.3.attention.self.value`` -> ``3.v`` (for the figure's axis)."""
+    for prefix in ("encoder.layer.", "model.layers."):
+        name = name.removeprefix(prefix)
+    for long, short in _SHORT:
+        if name.endswith(long):
+            return name[: -len(long)] + short
+    return name
+
+
 def plot_layers(result: Any, path: str, case: str) -> None:
     """Per-layer relative weight error of RTN and of coreopt (from the quantization report)."""
     import matplotlib
@@ -236,12 +263,7 @@ def plot_layers(result: Any, path: str, case: str) -> None:
 
     layers = result.layers
     x = list(range(len(layers)))
-    short = [
-        ".".join(
-            p for p in r.name.split(".") if p not in ("encoder", "layer", "attention", "model")
-        )
-        for r in layers
-    ]
+    short = [_short_name(r.name) for r in layers]
     fig, axes = plt.subplots(2, 1, figsize=(9, 5.6), sharex=True)
     panels = (
         ("rel_error_rtn", "rel_error", "‖W − Ŵ‖ / ‖W‖"),

@@ -375,17 +375,18 @@ def mlp_hidden_moments(
     quadrature: ``Σ_h = diag(Var h) + E[h] E[h]ᵀ`` (cross-unit covariances other than through the
     mean are dropped)."""
     f = activation(act)
+    dev = up.device
     d = x_moments.diag if x_moments.diag is not None else torch.ones(up.shape[1])
-    d = d.double()
+    d = d.to(dev, torch.float64)
     mu = (
-        x_moments.low_rank[:, 0].double()
+        x_moments.low_rank[:, 0].to(dev, torch.float64)
         if x_moments.low_rank is not None and x_moments.low_rank.shape[1] == 1
         else torch.zeros_like(d)
     )
     U = up.double()
     m_u = U @ mu + (up_bias.double() if up_bias is not None else 0.0)
     v_u = (U**2) @ d
-    z, w = _gauss_hermite(points)
+    z, w = (t.to(dev) for t in _gauss_hermite(points))
     if gate is None:
         s = v_u.sqrt().unsqueeze(1)
         h = f((m_u.unsqueeze(1) + s * z).float()).double()  # (n, points)
@@ -419,15 +420,17 @@ def attention_output_moments(
     """Second moment of the attention output (the input of ``o``): each head's output is a convex
     combination of value vectors, modelled by one value vector ``v = W_V x + b_V``:
     ``Σ_o = E[v vᵀ]`` (expanded to query heads under grouped-query attention)."""
-    d = x_moments.diag if x_moments.diag is not None else torch.ones(v_weight.shape[1])
     Wv = v_weight.float()
+    d = x_moments.diag if x_moments.diag is not None else torch.ones(v_weight.shape[1])
+    d = d.to(Wv)
+    low = None if x_moments.low_rank is None else x_moments.low_rank.to(Wv)
     cols = [Wv * d.sqrt().unsqueeze(0)]
-    if x_moments.low_rank is not None:
-        cols.append(Wv @ x_moments.low_rank.float())
+    if low is not None:
+        cols.append(Wv @ low)
     F_ = torch.cat(cols, dim=1)  # (kv*hd, r): E[v vᵀ] = F Fᵀ (+ bias terms)
     if v_bias is not None:
-        if x_moments.low_rank is not None and x_moments.low_rank.shape[1] == 1:
-            mean = Wv @ x_moments.low_rank[:, 0].float() + v_bias.float()
+        if low is not None and low.shape[1] == 1:
+            mean = Wv @ low[:, 0] + v_bias.float()
             F_ = torch.cat([cols[0], mean.unsqueeze(1)], dim=1)
         else:
             F_ = torch.cat([F_, v_bias.float().unsqueeze(1)], dim=1)
@@ -438,4 +441,4 @@ def attention_output_moments(
         .reshape(n_heads * head_dim, -1)
     )
     eps = 1e-4 * float((F_**2).sum()) / F_.shape[0]
-    return InputMoments(torch.full((F_.shape[0],), eps), F_, source="attention")
+    return InputMoments(torch.full((F_.shape[0],), eps, device=F_.device), F_, source="attention")
