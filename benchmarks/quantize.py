@@ -21,6 +21,10 @@ Models, no hub access:
   perplexity on the first tokens of the same text, in windows of 512 tokens. The GGUF weights are
   themselves 4-bit, so the float32 reference is the dequantized model, not a true fp16 one.
 
+Models load on ``--device`` (default: CUDA when present) and every method computes there:
+coreopt's ``quantize`` works where each layer is, HQQ gets ``device=`` the same; the timings
+synchronize the GPU before reading the clock.
+
 Every method quantizes the same layers: every ``nn.Linear`` except the output head (MiniLM: the
 pooler included, which the embedding does not use; SmolLM2: the tied LM head stays in float).
 Columns: mean relative weight error ``||W − Ŵ||/||W||`` over those layers, the model metric,
@@ -92,7 +96,7 @@ class Subject:
     metric: str
 
 
-def minilm_subject(n_sentences: int) -> Subject:
+def minilm_subject(n_sentences: int, device: torch.device) -> Subject:
     from transformers import AutoModel, AutoTokenizer
 
     from coreopt.credit.embed import minilm_path
@@ -102,7 +106,7 @@ def minilm_subject(n_sentences: int) -> Subject:
     sents = sentences(n_sentences)
 
     def load() -> nn.Module:
-        return AutoModel.from_pretrained(path).eval()
+        return AutoModel.from_pretrained(path).eval().to(device)
 
     def embed(model: nn.Module) -> torch.Tensor:
         out = []
@@ -114,7 +118,7 @@ def minilm_subject(n_sentences: int) -> Subject:
                     truncation=True,
                     max_length=128,
                     return_tensors="pt",
-                )
+                ).to(device)
                 h = model(**b).last_hidden_state
                 m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
                 out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
@@ -128,7 +132,7 @@ def minilm_subject(n_sentences: int) -> Subject:
     return Subject("MiniLM", load, score, "cos")
 
 
-def smollm2_subject(n_tokens: int) -> Subject:
+def smollm2_subject(n_tokens: int, device: torch.device) -> Subject:
     from coreopt.llm.hf import embedded
 
     backend = embedded(device="cpu")
@@ -141,13 +145,13 @@ def smollm2_subject(n_tokens: int) -> Subject:
     def load() -> nn.Module:
         from coreopt.llm.hf import embedded
 
-        return embedded(device="cpu").hf_model.float().eval()
+        return embedded(device="cpu").hf_model.float().eval().to(device)
 
     def score(model: nn.Module) -> float:
         nll, count = 0.0, 0
         with torch.inference_mode():
             for i in range(0, ids.numel() - 1, WINDOW):
-                x = ids[i : i + WINDOW].unsqueeze(0)
+                x = ids[i : i + WINDOW].unsqueeze(0).to(device)
                 if x.numel() < 2:
                     continue
                 out = model(input_ids=x, labels=x)
@@ -202,7 +206,7 @@ def run_hqq(model: nn.Module, bits: int, group: int, names: list[str]) -> dict[s
                 group_size=group,
                 optimize=True,
                 axis=1,
-                device="cpu",
+                device=str(W.device),
                 compute_dtype=torch.float32,
             )
             W_hat = Quantizer.dequantize(Wq, meta).reshape(W.shape).float()
@@ -322,14 +326,14 @@ def main() -> None:
     tables = []
     for model_name in args.models.split(","):
         if model_name == "minilm":
-            subject = minilm_subject(args.sentences)
+            subject = minilm_subject(args.sentences, args.device)
             desc = (
                 f"Cosine between the float32 and the quantized model's mean-pooled embeddings of "
                 f"{args.sentences} sentences from `benchmarks/data/stdlib_docstrings.txt` "
                 "(1 = identical)."
             )
         elif model_name == "smollm2":
-            subject = smollm2_subject(args.tokens)
+            subject = smollm2_subject(args.tokens, args.device)
             desc = (
                 f"Perplexity on the first {args.tokens} tokens of "
                 f"`benchmarks/data/stdlib_docstrings.txt` (windows of {WINDOW} tokens)."
@@ -377,6 +381,8 @@ def main() -> None:
                         out = run_hqq(model, bits, group, fp_names)
                     else:
                         out = run_coreopt(model, bits, group, impl)
+                    if args.device.type == "cuda":
+                        torch.cuda.synchronize(args.device)
                     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
                     metric = subject.score(model)
                     if impl == "cafeq" and args.plot:

@@ -1,3 +1,4 @@
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -26,7 +27,8 @@ def test_info_json_is_machine_readable() -> None:
     import torch
 
     assert report["coreopt"] == __version__
-    assert report["packages"]["torch"] == torch.__version__
+    # the report gives the installed distribution's version: "2.11.0" for a "2.11.0+cu130" build
+    assert report["packages"]["torch"] == importlib.metadata.version("torch")
     assert report["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
     assert set(report["backends"]) >= {"openai", "anthropic", "transformers", "ray"}
 

@@ -51,6 +51,7 @@ def test_logprob_credit_with_a_callable_backend() -> None:
 
 
 def test_judge_scoring_through_the_real_openai_client(fake_server, tmp_path) -> None:
+    pytest.importorskip("openai")
     llm = coreopt.llm.OpenAIBackend("fake", base_url=fake_server.url, api_key="k")
     res = assign(
         "When was the Eiffel Tower completed?",
@@ -81,6 +82,7 @@ def test_judge_scoring_through_the_real_openai_client(fake_server, tmp_path) -> 
 
 
 def test_logprob_scoring_through_the_openai_echo_endpoint(fake_server) -> None:
+    pytest.importorskip("openai")
     llm = coreopt.llm.OpenAIBackend("fake", base_url=fake_server.url, api_key="k")
     res = assign("q?", list(SOURCES.values())[:3], llm=llm, cache=False, progress=False)
     vals = list(res.credit.values())

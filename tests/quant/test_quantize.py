@@ -76,6 +76,28 @@ def test_group_size_not_dividing_is_padded_and_block_not_dividing_skips_the_tran
     torch.testing.assert_close(net(x), ref, atol=0.1, rtol=0.1)
 
 
+@pytest.mark.parametrize("method", ["cafeq", "hadamard"])
+def test_width_padded_for_groups_still_gets_a_transform_on_its_real_inputs(method: str) -> None:
+    # 96 inputs: blocks of 32 divide it, groups of 64 do not (stored padded to 128). The transform
+    # acts on the 96 real inputs and the zero columns are appended after it.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(96, 40))
+    x = torch.randn(5, 96)
+    W = net[0].weight.detach().clone()
+    coreopt.quantize(net, bits=3, group_size=64, method=method, block_size=32, select=False, **FAST)
+    layer = net[0]
+    assert layer.in_padded == 128
+    assert layer.transform is not None
+    assert layer.transform.shape == (3, 32, 32)
+    report = net.quantization_report.layers[0]
+    assert report.note == ""
+    W_eff = layer.effective_weight()
+    # the forward applies exactly the reported effective weight (float32 round-off only)
+    torch.testing.assert_close(net(x), x @ W_eff.T + layer.bias, atol=1e-5, rtol=1e-5)
+    rel = float((W - W_eff).norm() / W.norm())
+    assert rel == pytest.approx(report.rel_error, rel=1e-5)
+
+
 def test_bad_input_raises_clear_errors() -> None:
     with pytest.raises(UnsupportedFormatError, match="bits"):
         coreopt.quantize(mlp(), bits=5)

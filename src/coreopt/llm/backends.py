@@ -131,7 +131,9 @@ class OpenAIBackend:
         self._clients = _PerLoop(self._make_client)
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
+        # getattr: a repr of an instance whose __init__ raised (e.g. in a traceback) must not raise
+        model, url = getattr(self, "model", None), getattr(self, "base_url", None)
+        return f"OpenAIBackend(model={model!r}, base_url={url!r})"
 
     async def generate(self, prompt: Prompt, decoding: Decoding) -> Completion:
         extra: dict[str, Any] = {}
@@ -263,7 +265,7 @@ class AnthropicBackend:
         self._clients = _PerLoop(self._make_client)
 
     def __repr__(self) -> str:
-        return f"AnthropicBackend(model={self.model!r})"
+        return f"AnthropicBackend(model={getattr(self, 'model', None)!r})"
 
     async def generate(self, prompt: Prompt, decoding: Decoding) -> Completion:
         messages = as_messages(prompt)

@@ -31,7 +31,8 @@ class QuantizeConfig:
     Attributes:
         bits: bits per weight: 2, 3, 4 or 8.
         group_size: input columns per scale/zero point: 32, 64, 128 (any multiple of 32). A layer
-            whose input width is not a multiple is stored padded with zero columns.
+            whose input width is not a multiple is stored padded with zero columns (appended after
+            the input transform, which acts on the real inputs only).
         method: ``"rtn"`` (round to nearest, min-max scales), ``"hadamard"`` (random block
             Hadamard input transform + RTN, QuaRot-style), ``"cafeq"`` (learned transforms, dual
             transforms on pairs and adaptive rounding against a data-free proxy), or a name added

@@ -170,6 +170,15 @@ def _round(W: torch.Tensor, H: torch.Tensor | None, fmt: QuantFormat, cfg: Quant
     return c, s.float(), z.float()
 
 
+def _pad_hessian(H: torch.Tensor, n_pad: int) -> torch.Tensor:
+    """``H`` extended to ``n_pad`` inputs by an identity block: the zero columns appended for the
+    group padding are exactly representable and feed no error back into the real ones."""
+    n = H.shape[0]
+    if n == n_pad:
+        return H
+    return torch.block_diag(H, torch.eye(n_pad - n, dtype=H.dtype, device=H.device))
+
+
 def _stored_pair(T: torch.Tensor, fmt: QuantFormat) -> tuple[torch.Tensor, torch.Tensor]:
     """``T`` rounded to the storage dtype (float16 by default) and the exact inverse of the rounded
     blocks: what is stored is exactly what the proxy and the rounding see."""
@@ -248,7 +257,7 @@ def hadamard_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[La
         m = layer_prior(W, t.moments, cfg.prior)
         base = _plain_rtn(pad_columns(W, fmt.group_size), fmt)
         b = cfg.block_size
-        if n % b or n % fmt.group_size:
+        if n % b:
             outs.append(
                 _outcome(
                     t,
@@ -269,7 +278,7 @@ def hadamard_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[La
             random_block_orthogonal(n // b, b, kind="hadamard", generator=gen, device=W.device),
             fmt,
         )
-        c = _plain_rtn(right_blocks(W, Tinv), fmt)
+        c = _plain_rtn(pad_columns(right_blocks(W, Tinv), fmt.group_size), fmt)
         outs.append(_outcome(t, fmt, W, c, T, m, "hadamard+rtn", start, base))
     return outs
 
@@ -303,7 +312,7 @@ def cafeq_matrix(t: MatrixTask, cfg: QuantizeConfig) -> LayerOutcome:
     )
     b = cfg.block_size
     note = ""
-    if cfg.transform != "identity" and n % b == 0 and n % g == 0:
+    if cfg.transform != "identity" and n % b == 0:
         gen = torch.Generator().manual_seed(t.seed)
         if cfg.transform == "learned":
             fit = learn_transform(
@@ -325,8 +334,9 @@ def cafeq_matrix(t: MatrixTask, cfg: QuantizeConfig) -> LayerOutcome:
             label = "hadamard"
         Wt = right_blocks(W, Tinv)
         Tm = block_diag(T)
-        H = Tm @ (S if S is not None else torch.eye(n, device=W.device)) @ Tm.T
-        c1 = _round(Wt, H, fmt, cfg)
+        H = Tm @ (S[:n, :n] if S is not None else torch.eye(n, device=W.device)) @ Tm.T
+        # the group padding goes after the transform: T acts on the n real inputs only
+        c1 = _round(pad_columns(Wt, g), _pad_hessian(H, n_pad), fmt, cfg)
         rounding = (
             "gptq"
             if cfg.rounding == "gptq" and not _is_diagonal(H)

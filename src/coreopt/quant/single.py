@@ -11,6 +11,7 @@ import torch
 from coreopt.manifold import cayley, skew
 from coreopt.objective import MinimizeConfig, Objective, minimize
 from coreopt.quant.format import QuantFormat, fake_quantize
+from coreopt.quant.linear import pad_columns
 from coreopt.quant.proxy import InputMoments, weighted_sq_error
 from coreopt.quant.transforms import random_block_orthogonal, right_blocks
 
@@ -45,8 +46,12 @@ def transform_loss(
     *,
     ste: bool = False,
 ) -> torch.Tensor:
-    """``tr(E Σ Eᵀ)`` with ``E = W - Q(W T⁻¹) T`` (back-transform inside the loss)."""
-    Wq = fake_quantize(right_blocks(W, Tinv), fmt, ste=ste)
+    """``tr(E Σ Eᵀ)`` with ``E = W - Q(W T⁻¹) T`` (back-transform inside the loss).
+
+    A width that the group size does not divide is quantized as stored: with zero columns appended
+    after the transform (they change no group's range, which always contains 0)."""
+    n = W.shape[-1]
+    Wq = fake_quantize(pad_columns(right_blocks(W, Tinv), fmt.group_size), fmt, ste=ste)[..., :n]
     return weighted_sq_error(W - right_blocks(Wq, T), moments)
 
 
