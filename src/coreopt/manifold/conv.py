@@ -488,10 +488,14 @@ def _system_spectrum(
     w: int,
     groups: int,
     dilation: tuple[int, int],
+    plus_identity: bool = True,
 ) -> torch.Tensor:
-    """What :class:`_CayleyConv` takes: ``I + A_f`` for square groups, else ``V_f``."""
+    """What :class:`_CayleyConv` takes: ``I + A_f`` for square groups, else ``V_f``.
+
+    With ``plus_identity=False``, ``A_f`` itself for square groups (what :func:`cayley` takes).
+    """
     if weight.shape[0] // groups == weight.shape[1]:
-        return _skew_spectrum(weight, alpha, h, w, groups, dilation, plus_identity=True)
+        return _skew_spectrum(weight, alpha, h, w, groups, dilation, plus_identity=plus_identity)
     return _weight_spectrum(weight, alpha, h, w, groups, dilation)
 
 
@@ -504,10 +508,7 @@ def _q_spectrum(
     dilation: tuple[int, int],
 ) -> torch.Tensor:
     """``Q_f`` ``(F, g, n, c)``, column-major (see :func:`_spectral_conv`)."""
-    if weight.shape[0] // groups == weight.shape[1]:
-        A = _skew_spectrum(weight, alpha, h, w, groups, dilation, plus_identity=False)
-    else:
-        A = _weight_spectrum(weight, alpha, h, w, groups, dilation)
+    A = _system_spectrum(weight, alpha, h, w, groups, dilation, plus_identity=False)
     return cayley(A).mT.contiguous().mT
 
 
