@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coreopt.models.ssm import ssd_chunked
-from coreopt.models.vit import Mlp
+from coreopt.models.vit import Mlp, attend, head_dim_of
 
 Modes = torch.Tensor | str | None
 
@@ -112,10 +112,8 @@ class OryxMixer(nn.Module):
         d_conv: int = 4,
     ) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim_of(dim, num_heads)
         self.chunk_size = chunk_size
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
@@ -147,9 +145,7 @@ class OryxMixer(nn.Module):
         self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         """Causal softmax attention with the attention-mode query; ``(B, L, H, hd)``."""
-        qa = self._heads(self._query(q, x, "attn")).transpose(1, 2)
-        y = F.scaled_dot_product_attention(qa, k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
-        return y.transpose(1, 2)  # (B, L, H, hd)
+        return attend(self._heads(self._query(q, x, "attn")), k, v, causal=True)
 
     def recurrence(
         self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor

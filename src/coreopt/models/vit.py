@@ -13,6 +13,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def head_dim_of(dim: int, num_heads: int) -> int:
+    """The width of one head, ``dim // num_heads``; ``ValueError`` unless ``num_heads`` divides
+    ``dim``."""
+    if dim % num_heads:
+        raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+    return dim // num_heads
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool) -> torch.Tensor:
+    """Scaled dot-product attention over ``(B, L, H, head_dim)`` queries, keys and values;
+    returns ``(B, L, H, head_dim)`` (a transposed view of the fused kernel's output)."""
+    y = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal
+    )
+    return y.transpose(1, 2)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention, timm layout (``qkv``, ``proj``); optionally causal.
 
@@ -23,20 +40,17 @@ class Attention(nn.Module):
         self, dim: int, num_heads: int = 4, *, qkv_bias: bool = True, causal: bool = False
     ) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim_of(dim, num_heads)
         self.causal = causal
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        return self.proj(y.transpose(1, 2).reshape(B, N, C))
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).unbind(2)
+        y = attend(q, k, v, causal=self.causal)
+        return self.proj(y.reshape(B, N, C))
 
 
 class Mlp(nn.Module):
