@@ -1,29 +1,21 @@
 """coreopt.init on a Hugging Face model built offline from a config (no download)."""
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 
 from coreopt.init import apply, find_attention, verify
 
-transformers = pytest.importorskip("transformers")
-
-
-def _tiny_llama():  # type: ignore[no-untyped-def]
-    cfg = transformers.LlamaConfig(
-        vocab_size=32,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg)
+pytest.importorskip("transformers")
 
 
 @pytest.mark.slow  # importing transformers takes seconds
-def test_llama_gqa_is_found_initialised_and_survives_post_init() -> None:
-    model = _tiny_llama()
+def test_llama_gqa_is_found_initialised_and_survives_post_init(
+    tiny_hf_model: Callable[..., Any],
+) -> None:
+    model = tiny_hf_model("llama", vocab_size=32, hidden_size=32, intermediate_size=64)
     report = apply(model, recipe="language", seed=0)
     assert report.count("attention") == 2
     p = find_attention(model.model.layers[0].self_attn)

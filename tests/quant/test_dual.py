@@ -6,48 +6,39 @@ better: a Llama (grouped-query attention, RoPE, gated MLP) and a BERT (absolute 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 
 from coreopt.quant import discover, fold_dual_transforms, fold_gated, fold_qk, fold_vo
 from coreopt.quant.pairs import rotary_commuting
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
+
+TinyModel = Callable[[str], torch.nn.Module]
 
 
-def tiny_llama() -> torch.nn.Module:
-    cfg = transformers.LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).double().eval()
-    with torch.no_grad():  # random norms and biases-free weights with some spread
-        for m in model.modules():
-            if type(m).__name__.endswith("RMSNorm"):
-                m.weight.uniform_(0.5, 1.5)
-    return model
+@pytest.fixture
+def tiny_model(tiny_hf_model: Callable[..., Any]) -> TinyModel:
+    """``tiny_model("llama")`` or ``tiny_model("bert")``, in float64 and eval mode."""
 
+    def build(which: str) -> torch.nn.Module:
+        if which == "bert":
+            return (
+                tiny_hf_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                .double()
+                .eval()
+            )
+        model = tiny_hf_model("llama", intermediate_size=96).double().eval()
+        with torch.no_grad():  # random norms and biases-free weights with some spread
+            for m in model.modules():
+                if type(m).__name__.endswith("RMSNorm"):
+                    m.weight.uniform_(0.5, 1.5)
+        return model
 
-def tiny_bert() -> torch.nn.Module:
-    cfg = transformers.BertConfig(
-        vocab_size=97,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    return transformers.BertModel(cfg).double().eval()
+    return build
 
 
 def _out(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -56,8 +47,8 @@ def _out(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
-def test_discover_finds_the_llama_layout() -> None:
-    st = discover(tiny_llama())
+def test_discover_finds_the_llama_layout(tiny_model: TinyModel) -> None:
+    st = discover(tiny_model("llama"))
     assert len(st.attention) == 2
     assert len(st.mlp) == 2
     a = st.attention[0]
@@ -69,14 +60,16 @@ def test_discover_finds_the_llama_layout() -> None:
     assert m.act == "silu"
     assert m.norm == "model.layers.1.post_attention_layernorm"
     assert st.input_norm("model.layers.1.mlp.up_proj") == m.norm
-    names = [n for n, mod in tiny_llama().named_modules() if isinstance(mod, torch.nn.Linear)]
+    names = [
+        n for n, mod in tiny_model("llama").named_modules() if isinstance(mod, torch.nn.Linear)
+    ]
     comps = st.components([n for n in names if "lm_head" not in n])
     assert ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"] in comps
     assert ["model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.o_proj"] in comps
 
 
-def test_discover_finds_the_bert_layout() -> None:
-    st = discover(tiny_bert())
+def test_discover_finds_the_bert_layout(tiny_model: TinyModel) -> None:
+    st = discover(tiny_model("bert"))
     assert len(st.attention) == 2
     assert len(st.mlp) == 2
     a = st.attention[1]
@@ -103,8 +96,10 @@ def _random_invertible(k: int, d: int, g: torch.Generator) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("which", ["llama", "bert"])
-def test_random_dual_transforms_leave_the_network_unchanged(which: str) -> None:
-    model = tiny_llama() if which == "llama" else tiny_bert()
+def test_random_dual_transforms_leave_the_network_unchanged(
+    which: str, tiny_model: TinyModel
+) -> None:
+    model = tiny_model(which)
     ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
     ref = _out(model, ids)
     st = discover(model)
@@ -140,9 +135,9 @@ def test_random_dual_transforms_leave_the_network_unchanged(which: str) -> None:
     torch.testing.assert_close(_out(model, ids), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_a_generic_qk_map_breaks_rope_invariance() -> None:
+def test_a_generic_qk_map_breaks_rope_invariance(tiny_model: TinyModel) -> None:
     """The reason RoPE models only get rotary-commuting Q/K maps."""
-    model = tiny_llama()
+    model = tiny_model("llama")
     ids = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(1))
     ref = _out(model, ids)
     a = discover(model).attention[0]
@@ -157,8 +152,8 @@ def test_a_generic_qk_map_breaks_rope_invariance() -> None:
 
 
 @pytest.mark.parametrize("which", ["llama", "bert"])
-def test_learned_dual_transforms_fold_exactly(which: str) -> None:
-    model = tiny_llama() if which == "llama" else tiny_bert()
+def test_learned_dual_transforms_fold_exactly(which: str, tiny_model: TinyModel) -> None:
+    model = tiny_model(which)
     ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(2))
     ref = _out(model, ids)
     before = {n: p.clone() for n, p in model.named_parameters()}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,28 +13,27 @@ import torch
 import coreopt
 from coreopt.quant import QuantizedLinear, load_quantized, save_quantized
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
 FAST = {"steps": 5, "dual_steps": 5, "progress": False}
 
 
-def tiny_llama(seed: int = 0) -> torch.nn.Module:
-    cfg = transformers.LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(cfg).eval()
+TinyModel = Callable[..., torch.nn.Module]
 
 
-def test_llama_keeps_working_with_generate_and_round_trips(tmp_path: Path) -> None:
+@pytest.fixture
+def tiny_llama(tiny_hf_model: Callable[..., Any]) -> TinyModel:
+    """``tiny_llama(seed=0)``: the tiny Llama with tied embeddings, in eval mode."""
+
+    def build(seed: int = 0) -> torch.nn.Module:
+        return tiny_hf_model("llama", seed=seed, tie_word_embeddings=True).eval()
+
+    return build
+
+
+def test_llama_keeps_working_with_generate_and_round_trips(
+    tmp_path: Path, tiny_llama: TinyModel
+) -> None:
     model = tiny_llama()
     ids = torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -55,17 +56,8 @@ def test_llama_keeps_working_with_generate_and_round_trips(tmp_path: Path) -> No
         torch.testing.assert_close(fresh(input_ids=ids).logits, logits, rtol=0, atol=0)
 
 
-def test_bert_pairs_and_report() -> None:
-    cfg = transformers.BertConfig(
-        vocab_size=97,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    model = transformers.BertModel(cfg).eval()
+def test_bert_pairs_and_report(tiny_hf_model: Callable[..., Any]) -> None:
+    model = tiny_hf_model("bert").eval()
     coreopt.quantize(model, bits=3, group_size=32, alternating=True, **FAST)
     rep = model.quantization_report
     table = rep.table()
@@ -94,7 +86,7 @@ def _copy(net: torch.nn.Module) -> torch.nn.Module:
 
 
 @pytest.mark.gpu
-def test_quantize_and_forward_on_cuda() -> None:
+def test_quantize_and_forward_on_cuda(tiny_llama: TinyModel) -> None:
     model = tiny_llama().cuda()
     ids = torch.randint(0, 97, (2, 8), device="cuda")
     coreopt.quantize(model, bits=3, group_size=32, device="cuda", **FAST)
