@@ -66,7 +66,41 @@ async def _close_on_shutdown(value: Any) -> AsyncIterator[None]:
                 await close()
 
 
-class OpenAIBackend:
+class _SDKBackend:
+    """What the SDK backends share: the SDK's presence and the model name checked on
+    construction, a client per event loop (from ``_make_client``) that a pickled copy leaves
+    behind, and the SDK's connection errors and timeouts counted as transient.
+    """
+
+    _sdk: str  # the SDK's module (and package) name
+
+    def _sdk_model(self, model: str | None) -> str:
+        """Raise unless the SDK is installed; the model name (default ``$COREOPT_LLM_MODEL``)."""
+        if importlib.util.find_spec(self._sdk) is None:
+            raise BackendNotInstalledError(self._sdk, "llm")
+        model = model or os.environ.get("COREOPT_LLM_MODEL")
+        if not model:
+            raise ValueError("model is required: pass model=... or set COREOPT_LLM_MODEL")
+        return model
+
+    def _make_client(self) -> Any:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_clients"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._clients = _PerLoop(self._make_client)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        sdk = importlib.import_module(self._sdk)
+        if isinstance(exc, sdk.APIConnectionError | sdk.APITimeoutError):
+            return True
+        return is_transient_http(exc)
+
+
+class OpenAIBackend(_SDKBackend):
     """Chat completions of any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, SGLang).
 
     Args:
@@ -86,6 +120,7 @@ class OpenAIBackend:
 
     name = "openai"
     sdk_retries = True
+    _sdk = "openai"
 
     def __init__(
         self,
@@ -98,12 +133,7 @@ class OpenAIBackend:
         logprobs: bool = False,
         **client_kwargs: Any,
     ) -> None:
-        if importlib.util.find_spec("openai") is None:
-            raise BackendNotInstalledError("openai", "llm")
-        model = model or os.environ.get("COREOPT_LLM_MODEL")
-        if not model:
-            raise ValueError("model is required: pass model=... or set COREOPT_LLM_MODEL")
-        self.model = model
+        self.model = self._sdk_model(model)
         self.base_url = base_url or os.environ.get("COREOPT_LLM_BASE_URL") or None
         if api_key is None and os.environ.get("OPENAI_API_KEY") is None and self.base_url is None:
             raise ValueError(
@@ -122,13 +152,6 @@ class OpenAIBackend:
         # local servers ignore the key; the SDK requires one
         key = self._api_key or os.environ.get("OPENAI_API_KEY") or "not-needed"
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=key, **self._client_kwargs)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_clients"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._clients = _PerLoop(self._make_client)
 
     def __repr__(self) -> str:
         # getattr: a repr of an instance whose __init__ raised (e.g. in a traceback) must not raise
@@ -202,15 +225,8 @@ class OpenAIBackend:
             completion_tokens=min(count, billed_prompt) + billed_new,
         )
 
-    def is_transient(self, exc: BaseException) -> bool:
-        import openai
 
-        if isinstance(exc, openai.APIConnectionError | openai.APITimeoutError):
-            return True
-        return is_transient_http(exc)
-
-
-class AnthropicBackend:
+class AnthropicBackend(_SDKBackend):
     """Claude models through the ``anthropic`` SDK (its own retries and backoff).
 
     Args:
@@ -226,6 +242,7 @@ class AnthropicBackend:
 
     name = "anthropic"
     sdk_retries = True
+    _sdk = "anthropic"
 
     def __init__(
         self,
@@ -237,12 +254,7 @@ class AnthropicBackend:
         timeout: float = 60.0,
         **client_kwargs: Any,
     ) -> None:
-        if importlib.util.find_spec("anthropic") is None:
-            raise BackendNotInstalledError("anthropic", "llm")
-        model = model or os.environ.get("COREOPT_LLM_MODEL")
-        if not model:
-            raise ValueError("model is required: pass model=... or set COREOPT_LLM_MODEL")
-        self.model = model
+        self.model = self._sdk_model(model)
         self._client_kwargs = {
             "api_key": api_key,  # None: $ANTHROPIC_API_KEY, read by the SDK where it runs
             "base_url": base_url,
@@ -256,13 +268,6 @@ class AnthropicBackend:
         import anthropic
 
         return anthropic.AsyncAnthropic(**self._client_kwargs)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_clients"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._clients = _PerLoop(self._make_client)
 
     def __repr__(self) -> str:
         return f"AnthropicBackend(model={getattr(self, 'model', None)!r})"
@@ -291,13 +296,6 @@ class AnthropicBackend:
         raise UnsupportedOperationError(
             "Anthropic models give no log-probabilities; score with a judge instead"
         )
-
-    def is_transient(self, exc: BaseException) -> bool:
-        import anthropic
-
-        if isinstance(exc, anthropic.APIConnectionError | anthropic.APITimeoutError):
-            return True
-        return is_transient_http(exc)
 
 
 class CallableBackend:
