@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -273,6 +274,20 @@ class CaseRun:
         self.seeds_used = tuple(self.seeds if seeds is None else seeds)
         self.curves.setdefault(subcase, {})[variant] = [fn(seed) for seed in self.seeds_used]
 
+    def train_classifier(
+        self, model: nn.Module, data: tuple[torch.Tensor, ...], **kwargs: Any
+    ) -> Curve:
+        """:func:`train_classifier` (``kwargs``: its ``steps``, ``lr``, ``batch``, ``seed``) on
+        this run's device, evaluated every :attr:`every` steps."""
+        return train_classifier(model, data, device=self.args.device, every=self.every, **kwargs)
+
+    def train_lm(
+        self, model: nn.Module, train: SequenceTask, test: SequenceTask, **kwargs: Any
+    ) -> Curve:
+        """:func:`train_lm` (``kwargs``: its ``steps``, ``lr``, ``batch``, ``seed``, ``modes``)
+        on this run's device, evaluated every :attr:`every` steps."""
+        return train_lm(model, train, test, device=self.args.device, every=self.every, **kwargs)
+
 
 def _vit(seed: int, parts: tuple[str, ...], config: dict | None = None) -> VisionTransformer:
     torch.manual_seed(seed)
@@ -294,15 +309,8 @@ def vit_case(cr: CaseRun) -> None:
     for name, parts in variants:
 
         def one(seed: int, parts: tuple[str, ...] = parts) -> Curve:
-            return train_classifier(
-                _vit(seed, parts),
-                data,
-                steps=steps,
-                lr=1e-3,
-                batch=128,
-                seed=seed,
-                device=cr.args.device,
-                every=cr.every,
+            return cr.train_classifier(
+                _vit(seed, parts), data, steps=steps, lr=1e-3, batch=128, seed=seed
             )
 
         cr.run(f"ViT-64/4 digits, {steps} steps", name, one)
@@ -332,16 +340,7 @@ def mlp_case(cr: CaseRun) -> None:
                 steps: int = steps,
             ) -> Curve:
                 vit = _vit(seed, parts, {"mlp": cfg} if cfg is not None else None)
-                return train_classifier(
-                    vit,
-                    data,
-                    steps=steps,
-                    lr=1e-3,
-                    batch=128,
-                    seed=seed,
-                    device=cr.args.device,
-                    every=cr.every,
-                )
+                return cr.train_classifier(vit, data, steps=steps, lr=1e-3, batch=128, seed=seed)
 
             short = "" if with_attention else " (short)"
             cr.run(f"ViT-64/4 digits, {steps} steps{short}", name, one)
@@ -354,125 +353,101 @@ def _mqar_data(quick: bool, seq_len: int = 64) -> tuple[SequenceTask, SequenceTa
     return train, test
 
 
-def ssm_case(cr: CaseRun) -> None:
+def _mqar_init_case(
+    cr: CaseRun,
+    subcase: str,
+    make: Callable[[], SequenceLM],
+    part: str,
+    variants: Sequence[tuple[str, str | None]],
+) -> None:
+    """Rows ``(name, recipe)`` of one model on MQAR (8 pairs, length 64): ``make()`` after
+    seeding, then ``recipe`` applied to ``part`` (``None``: the model's default init)."""
     train, test = _mqar_data(cr.quick)
     steps = cr.steps(400)
-    for name, recipe in (("coreopt mimetic SSM", "mimetic"), ("default (mamba-ssm init)", None)):
-
-        def one(seed: int, recipe: str | None = recipe) -> Curve:
-            torch.manual_seed(seed)
-            lm = SequenceLM(64, mixer="mamba2", dim=64, depth=2, d_state=16, headdim=16)
-            if recipe:
-                ci.apply(lm, recipe=recipe, parts=("ssm",), seed=seed)
-            return train_lm(
-                lm,
-                train,
-                test,
-                steps=steps,
-                lr=3e-3,
-                batch=64,
-                seed=seed,
-                device=cr.args.device,
-                every=cr.every,
-            )
-
-        cr.run(f"Mamba-2 ×2, MQAR 8 pairs, {steps} steps", name, one)
-
-
-def attention_mqar_case(cr: CaseRun) -> None:
-    train, test = _mqar_data(cr.quick)
-    steps = cr.steps(400)
-    variants = [
-        ("coreopt V·O only (language preset)", "language"),
-        ("coreopt full mimetic (Q·K and V·O)", "vision"),
-        ("default (timm-style init)", None),
-    ]
     for name, recipe in variants:
 
         def one(seed: int, recipe: str | None = recipe) -> Curve:
             torch.manual_seed(seed)
-            lm = SequenceLM(64, mixer="attention", dim=64, depth=2, num_heads=4, max_len=64)
+            lm = make()
             if recipe:
-                ci.apply(lm, recipe=recipe, parts=("attention",), seed=seed)
-            return train_lm(
-                lm,
-                train,
-                test,
-                steps=steps,
-                lr=3e-3,
-                batch=64,
-                seed=seed,
-                device=cr.args.device,
-                every=cr.every,
-            )
+                ci.apply(lm, recipe=recipe, parts=(part,), seed=seed)
+            return cr.train_lm(lm, train, test, steps=steps, lr=3e-3, batch=64, seed=seed)
 
-        cr.run(f"causal attention ×2, MQAR, {steps} steps", name, one)
+        cr.run(f"{subcase}, {steps} steps", name, one)
 
 
-def convmixer_case(cr: CaseRun) -> None:
-    data = digits(seed=0)
-    steps = cr.steps(300)
+def ssm_case(cr: CaseRun) -> None:
+    _mqar_init_case(
+        cr,
+        "Mamba-2 ×2, MQAR 8 pairs",
+        lambda: SequenceLM(64, mixer="mamba2", dim=64, depth=2, d_state=16, headdim=16),
+        "ssm",
+        [("coreopt mimetic SSM", "mimetic"), ("default (mamba-ssm init)", None)],
+    )
+
+
+def attention_mqar_case(cr: CaseRun) -> None:
+    _mqar_init_case(
+        cr,
+        "causal attention ×2, MQAR",
+        lambda: SequenceLM(64, mixer="attention", dim=64, depth=2, num_heads=4, max_len=64),
+        "attention",
+        [
+            ("coreopt V·O only (language preset)", "language"),
+            ("coreopt full mimetic (Q·K and V·O)", "vision"),
+            ("default (timm-style init)", None),
+        ],
+    )
+
+
+def _convmixer_rows(
+    cr: CaseRun,
+    subcase: str,
+    dim: int,
+    data: tuple[torch.Tensor, ...],
+    *,
+    steps: int,
+    batch: int,
+    seeds: Sequence[int] | None = None,
+) -> None:
+    """ConvMixer-``dim``/4 (kernel 5, patch 1) on ``data``, default vs covariance init, trained
+    and with the depthwise filters frozen at init (AdamW lr 5e-3 one-cycle)."""
     for frozen in (False, True):
         for name, cov in (("coreopt covariance init", True), ("default (PyTorch init)", False)):
 
             def one(seed: int, cov: bool = cov, frozen: bool = frozen) -> Curve:
                 torch.manual_seed(seed)
-                net = ConvMixer(64, 4, kernel_size=5, patch_size=1, in_chans=1, num_classes=10)
+                net = ConvMixer(dim, 4, kernel_size=5, patch_size=1, in_chans=1, num_classes=10)
                 if cov:
                     ci.apply(net, recipe="covariance", seed=seed)
                 if frozen:
                     for conv in net.depthwise_convs():
                         conv.weight.requires_grad_(False)
-                return train_classifier(
-                    net,
-                    data,
-                    steps=steps,
-                    lr=5e-3,
-                    batch=128,
-                    seed=seed,
-                    device=cr.args.device,
-                    every=cr.every,
-                )
+                return cr.train_classifier(net, data, steps=steps, lr=5e-3, batch=batch, seed=seed)
 
-            case = f"ConvMixer-64/4 k5 digits, {steps} steps" + (
-                ", filters frozen" if frozen else ""
-            )
-            cr.run(case, name, one)
+            case = f"{subcase}, {steps} steps" + (", filters frozen" if frozen else "")
+            cr.run(case, name, one, seeds=seeds)
+
+
+def convmixer_case(cr: CaseRun) -> None:
+    _convmixer_rows(
+        cr, "ConvMixer-64/4 k5 digits", 64, digits(seed=0), steps=cr.steps(300), batch=128
+    )
 
 
 def convmixer_small_case(cr: CaseRun) -> None:
     """The covariance init where digits is not at the ceiling: a narrow ConvMixer, 100 images."""
     xtr, ytr, xte, yte = digits(seed=0)
     n_train = SMALL_TRAIN
-    data = (xtr[:n_train], ytr[:n_train], xte, yte)
-    steps = cr.steps(200)
-    seeds = cr.seeds if cr.quick else SMALL_SEEDS
-    for frozen in (False, True):
-        for name, cov in (("coreopt covariance init", True), ("default (PyTorch init)", False)):
-
-            def one(seed: int, cov: bool = cov, frozen: bool = frozen) -> Curve:
-                torch.manual_seed(seed)
-                net = ConvMixer(32, 4, kernel_size=5, patch_size=1, in_chans=1, num_classes=10)
-                if cov:
-                    ci.apply(net, recipe="covariance", seed=seed)
-                if frozen:
-                    for conv in net.depthwise_convs():
-                        conv.weight.requires_grad_(False)
-                return train_classifier(
-                    net,
-                    data,
-                    steps=steps,
-                    lr=5e-3,
-                    batch=n_train,
-                    seed=seed,
-                    device=cr.args.device,
-                    every=cr.every,
-                )
-
-            case = f"ConvMixer-32/4 k5, {n_train} train digits, {steps} steps" + (
-                ", filters frozen" if frozen else ""
-            )
-            cr.run(case, name, one, seeds=seeds)
+    _convmixer_rows(
+        cr,
+        f"ConvMixer-32/4 k5, {n_train} train digits",
+        32,
+        (xtr[:n_train], ytr[:n_train], xte, yte),
+        steps=cr.steps(200),
+        batch=n_train,
+        seeds=cr.seeds if cr.quick else SMALL_SEEDS,
+    )
 
 
 def oryx_case(cr: CaseRun) -> None:
@@ -492,17 +467,8 @@ def oryx_case(cr: CaseRun) -> None:
             torch.manual_seed(seed)
             lm = SequenceLM(64, mixer="oryx", dim=64, depth=2, num_heads=4, chunk_size=chunk)
             ci.apply(lm, recipe="vision", seed=seed)
-            return train_lm(
-                lm,
-                train,
-                test,
-                steps=steps,
-                lr=3e-3,
-                batch=32,
-                seed=seed,
-                device=cr.args.device,
-                every=cr.every,
-                modes=modes,
+            return cr.train_lm(
+                lm, train, test, steps=steps, lr=3e-3, batch=32, seed=seed, modes=modes
             )
 
         cr.run(f"Oryx ×2, MQAR len {seq_len}, {steps} steps", name, one)
