@@ -133,6 +133,14 @@ def requirement(table: npt.NDArray[np.float64], x: npt.ArrayLike) -> float:
     return float(np.max(table[1:-1] - sums[1:-1]))
 
 
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """``(seconds, fn())``: the time of the call alone, after a garbage collection."""
+    gc.collect()
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
 def masks_to_incidence(masks: npt.NDArray[np.int64], n: int) -> npt.NDArray[np.float64]:
     """0/1 membership matrix, one row per mask."""
     return ((masks[:, None] >> np.arange(n, dtype=np.int64)) & 1).astype(np.float64)
@@ -233,21 +241,28 @@ def _job_pydvl(req: dict[str, Any], tables: _Tables) -> dict[str, Any]:
     }
 
 
+def _coopgame_answer(res: dict[str, Any], seconds: float, **extra: Any) -> dict[str, Any]:
+    """A coopgame job's answer from the library's result (``extra`` before the time)."""
+    return {
+        "x": list(res["allocation"]),
+        "epsilon": float(res["epsilon"]),
+        **extra,
+        "seconds": seconds,
+        "status": str(res.get("guarantee")),
+    }
+
+
 def _job_coopgame_exact(req: dict[str, Any], tables: _Tables) -> dict[str, Any]:
     import coopgame
 
     table = tables(req["table"])
-    gc.collect()
-    t0 = time.perf_counter()
-    game = coopgame.Game(table[1:].tolist())  # binary order: value of mask m at m - 1
-    res = coopgame.least_core(game, "preimputation")  # no x_i >= v({i}): coreopt's default
-    seconds = time.perf_counter() - t0
-    return {
-        "x": list(res["allocation"]),
-        "epsilon": float(res["epsilon"]),
-        "seconds": seconds,
-        "status": str(res.get("guarantee")),
-    }
+
+    def solve() -> Any:  # the game's construction is timed too
+        game = coopgame.Game(table[1:].tolist())  # binary order: value of mask m at m - 1
+        return coopgame.least_core(game, "preimputation")  # no x_i >= v({i}): coreopt's default
+
+    seconds, res = _timed(solve)
+    return _coopgame_answer(res, seconds)
 
 
 def _job_coopgame_sampled(req: dict[str, Any], tables: _Tables) -> dict[str, Any]:
@@ -255,17 +270,10 @@ def _job_coopgame_sampled(req: dict[str, Any], tables: _Tables) -> dict[str, Any
 
     table = tables(req["table"])
     game = coopgame.Game(table[1:].tolist())
-    gc.collect()
-    t0 = time.perf_counter()
-    res = coopgame.sampled_least_core(game, int(req["pairs"]), seed=int(req["seed"]))
-    seconds = time.perf_counter() - t0
-    return {
-        "x": list(res["allocation"]),
-        "epsilon": float(res["epsilon"]),
-        "calls": int(res["evaluations"]),
-        "seconds": seconds,
-        "status": str(res.get("guarantee")),
-    }
+    seconds, res = _timed(
+        lambda: coopgame.sampled_least_core(game, int(req["pairs"]), seed=int(req["seed"]))
+    )
+    return _coopgame_answer(res, seconds, calls=int(res["evaluations"]))
 
 
 def _job_linprog(req: dict[str, Any], tables: _Tables) -> dict[str, Any]:
@@ -275,21 +283,22 @@ def _job_linprog(req: dict[str, Any], tables: _Tables) -> dict[str, Any]:
 
     table = tables(req["table"])
     n = table.shape[0].bit_length() - 1
-    gc.collect()
-    t0 = time.perf_counter()
-    masks = np.arange(1, (1 << n) - 1, dtype=np.int64)
-    inc = masks_to_incidence(masks, n)
-    a_ub = sparse.csr_matrix(-np.hstack([inc, np.ones((masks.shape[0], 1))]))
-    res = linprog(
-        np.r_[np.zeros(n), 1.0],
-        A_ub=a_ub,
-        b_ub=-table[masks],
-        A_eq=np.r_[np.ones(n), 0.0][None, :],
-        b_eq=[table[-1]],
-        bounds=[(None, None)] * (n + 1),
-        method="highs",
-    )
-    seconds = time.perf_counter() - t0
+
+    def solve() -> Any:
+        masks = np.arange(1, (1 << n) - 1, dtype=np.int64)
+        inc = masks_to_incidence(masks, n)
+        a_ub = sparse.csr_matrix(-np.hstack([inc, np.ones((masks.shape[0], 1))]))
+        return linprog(
+            np.r_[np.zeros(n), 1.0],
+            A_ub=a_ub,
+            b_ub=-table[masks],
+            A_eq=np.r_[np.ones(n), 0.0][None, :],
+            b_eq=[table[-1]],
+            bounds=[(None, None)] * (n + 1),
+            method="highs",
+        )
+
+    seconds, res = _timed(solve)
     if res.x is None:
         return {"error": f"linprog failed: {res.message}"}
     return {
@@ -528,13 +537,6 @@ class TableValue:
         for i in coalition:
             mask |= 1 << i
         return float(self.table[mask])
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    gc.collect()
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
 
 
 def _log(msg: str) -> None:
