@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,20 @@ def test_save_load_round_trip(tmp_path: Path, method: str) -> None:
 def test_save_requires_a_quantized_model(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no QuantizedLinear"):
         save_quantized(mlp(), tmp_path / "x.safetensors")
+
+
+@pytest.mark.gpu
+def test_threads_on_cuda_in_a_fresh_process_do_not_race_the_linalg_init() -> None:
+    # pytorch/pytorch#90613: the first torch.linalg call on CUDA, made by several threads at once,
+    # fails with "lazy wrapper should be called at most once" (seen with the benchmark on an H100).
+    # Only a fresh interpreter has not loaded the backend yet, hence the subprocess.
+    code = (
+        "import torch, coreopt\n"
+        "net = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(16)]).cuda()\n"
+        "coreopt.quantize(net, bits=3, steps=3, dual_steps=3, max_workers=16, progress=False)\n"
+        "assert all(m.qweight.is_cuda for m in net)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -6,6 +6,7 @@ Nothing here runs at import time, so ``import coreopt`` never initialises CUDA.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import torch
 
@@ -118,6 +119,26 @@ def synchronize(device: torch.device | str | None) -> None:
     """Wait for queued kernels on ``device`` (a no-op on the CPU); use before reading a clock."""
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def init_linalg(devices: Iterable[torch.device | str | None]) -> None:
+    """Initialise torch's CUDA linear-algebra backend on each CUDA device in ``devices``, in the
+    calling thread (a no-op for other devices).
+
+    PyTorch loads that backend lazily, on the first ``torch.linalg`` call; when several threads
+    make their first call at once, all but one fail with ``RuntimeError: lazy wrapper should be
+    called at most once`` (pytorch/pytorch#90613, still open; seen here with torch 2.11 on an
+    H100). Call this before fanning CUDA work that factorises matrices out to threads.
+
+    Examples:
+        >>> import torch
+        >>> init_linalg([torch.device("cpu"), None])  # nothing to do off CUDA
+    """
+    for dev in {torch.device(d) for d in devices if d is not None}:
+        if dev.type == "cuda":
+            eye = torch.eye(2, device=dev)
+            torch.linalg.inv(eye)
+            torch.linalg.cholesky(eye)
 
 
 def _cuda_ok() -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from coreopt.objective import resolve_device
+from coreopt.objective import init_linalg, resolve_device
 from coreopt.parallel import parallel_map
 from coreopt.quant.config import MetaDeviceError, NonFiniteWeightError, QuantizeConfig
 from coreopt.quant.linear import QuantizedLinear
@@ -361,6 +361,21 @@ def _fold_mlp(
     return {site.up: "gated", site.down: "gated"}
 
 
+def _weight(model: nn.Module, name: str) -> torch.Tensor:
+    w = model.get_submodule(name).weight
+    assert isinstance(w, torch.Tensor)
+    return w
+
+
+def _init_linalg(model: nn.Module, names: list[str], device: torch.device | None) -> None:
+    """The layers fan out to threads, which must not be the first to load CUDA's linalg backend
+    (see :func:`coreopt.objective.init_linalg`)."""
+    if device is not None:
+        init_linalg([device])
+    else:
+        init_linalg({_weight(model, n).device for n in names})
+
+
 def _workers(cfg: QuantizeConfig) -> int:
     """Threads for in-process fan-out: ``max_workers``, else one per CPU core (each layer's torch
     ops are themselves multi-threaded, more threads only contend)."""
@@ -416,6 +431,7 @@ def fold_dual_transforms(
     names, _ = select_targets(model, cfg, targets)
     _validate(model, names)
     device = None if cfg.device is None else resolve_device(cfg.device)
+    _init_linalg(model, names, device)
     return _fold_all(model, discover(model), cfg, set(names), device)
 
 
@@ -494,6 +510,7 @@ def quantize(
     modules = dict(model.named_modules())
     target_set = set(names)
 
+    _init_linalg(model, names, device)
     structured = cfg.method == "cafeq" and (cfg.dual or "structure" in cfg.prior)
     st = discover(model) if structured else ModelStructure()
     duals: dict[str, str] = {}
