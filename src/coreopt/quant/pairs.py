@@ -19,6 +19,7 @@ then the pair is rounded alternately: with ``Â`` fixed, ``B̂`` minimises ``Σ_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -249,19 +250,8 @@ def learn_pair_transform(
         Pq = fake_quantize(P, fmt, ste=True)
         return problem.loss(Rq, Pq) / norm
 
-    with torch.no_grad():
-        initial = float(objective(start))
-    if steps == 0:
-        return to_M(start).detach(), initial, initial
-    with torch.enable_grad():
-        res = minimize(
-            cast(Objective, objective),
-            start,
-            MinimizeConfig(
-                steps=steps, lr=lr, optimizer="adam", patience=None, keep_best=True, progress=False
-            ),
-        )
-    return to_M(res.raw_params).detach(), res.loss, initial  # type: ignore[arg-type]
+    best, loss, initial = _adam_best(objective, start, steps, lr)
+    return to_M(best).detach(), loss, initial
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,6 +387,27 @@ def alternating_rounding(
     return PairRounding(best[0], best[1], best_loss, initial, rounds)
 
 
+def _adam_best(
+    objective: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, steps: int, lr: float
+) -> tuple[torch.Tensor, float, float]:
+    """``steps`` Adam steps on ``objective`` from ``start`` with :func:`coreopt.minimize`, keeping
+    the best iterate. Returns ``(best parameters, best loss, loss at start)``; with ``steps=0``
+    the start itself."""
+    with torch.no_grad():
+        initial = float(objective(start))
+    if steps == 0:
+        return start, initial, initial
+    with torch.enable_grad():
+        res = minimize(
+            cast(Objective, objective),
+            start,
+            MinimizeConfig(
+                steps=steps, lr=lr, optimizer="adam", patience=None, keep_best=True, progress=False
+            ),
+        )
+    return cast(torch.Tensor, res.raw_params), res.loss, initial
+
+
 def learn_gated_scaling(
     W_down: torch.Tensor,
     hidden: InputMoments | None,
@@ -421,16 +432,5 @@ def learn_gated_scaling(
         return weighted_sq_error(W - Wq, hidden) / norm
 
     start = torch.zeros(W.shape[1], dtype=W.dtype, device=W.device)
-    with torch.no_grad():
-        initial = float(objective(start))
-    if steps == 0:
-        return torch.ones_like(start), initial, initial
-    with torch.enable_grad():
-        res = minimize(
-            cast(Objective, objective),
-            start,
-            MinimizeConfig(
-                steps=steps, lr=lr, optimizer="adam", patience=None, keep_best=True, progress=False
-            ),
-        )
-    return torch.exp(res.raw_params).detach(), res.loss, initial  # type: ignore[arg-type]
+    best, loss, initial = _adam_best(objective, start, steps, lr)
+    return torch.exp(best).detach(), loss, initial
