@@ -1,8 +1,15 @@
-"""``QuantizeConfig`` and the named errors of :mod:`coreopt.quant`."""
+"""``QuantizeConfig``, the method registry it validates against, and the named errors of
+:mod:`coreopt.quant`.
+
+The registry lives here (not in :mod:`coreopt.quant.methods`, which registers the built-in
+methods) so that the configuration never imports the methods: ``methods`` imports ``config``,
+never the reverse.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,6 +21,39 @@ from coreopt.quant.format import QuantFormat
 Method = Literal["rtn", "hadamard", "cafeq"]
 METHODS: tuple[str, ...] = ("rtn", "hadamard", "cafeq")
 PRIORS: tuple[str, ...] = ("structure+balance", "structure", "balance", "identity")
+
+
+Handler = Callable[[Any, "QuantizeConfig"], list[Any]]
+"""``handler(task, config) -> [LayerOutcome, ...]`` (see :func:`register_method`)."""
+_REGISTRY: dict[str, Handler] = {}
+
+
+def register_method(name: str, handler: Handler) -> None:
+    """Make ``method=name`` available to :func:`coreopt.quantize`.
+
+    ``handler(task, config)`` receives a :class:`~coreopt.quant.MatrixTask` (or a
+    :class:`~coreopt.quant.PairTask` when the method quantizes pairs jointly; a handler that does
+    not can call itself on ``task.reader`` and ``task.producer``) and returns one
+    :class:`~coreopt.quant.LayerOutcome` per matrix.
+    """
+    if not callable(handler):
+        raise TypeError("handler must be callable")
+    _REGISTRY[name] = handler
+
+
+def registered_methods() -> tuple[str, ...]:
+    """Names accepted by ``QuantizeConfig(method=...)``."""
+    return tuple(_REGISTRY)
+
+
+def get_method(name: str) -> Handler:
+    """The handler registered as ``name`` (ValueError naming the known ones otherwise)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"method={name!r} is unknown; expected one of {registered_methods()}"
+        ) from None
 
 
 class NonFiniteWeightError(CoreoptError, ValueError):
@@ -98,8 +138,6 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         QuantFormat(self.bits, self.group_size, self.scale_dtype)  # raises UnsupportedFormatError
-        from coreopt.quant.methods import registered_methods
-
         if self.method not in registered_methods():
             raise ValueError(
                 f"method={self.method!r} is unknown; expected one of {registered_methods()}"

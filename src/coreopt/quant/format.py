@@ -117,6 +117,32 @@ def _store_up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(s.to(x.dtype) < x, up, s).to(x.dtype)
 
 
+def _minmax_fit(
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    fmt: QuantFormat,
+    shrink: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one min-max fit every quantizer here uses, from each group's smallest and largest
+    element: the range ``[min(lo, 0), max(hi, 0)]`` (shrunk by ``shrink``), the raw scale
+    ``(hi - lo) / (2^b - 1)`` (differentiable) and the stored scale (rounded *up* to the storage
+    dtype; 1 where it underflows, i.e. all-zero groups).
+
+    Returns:
+        ``(lo, raw_scale, stored_scale, ok)``, all shaped like ``lo``; ``lo`` is the (shrunk)
+        lower end of the range and ``ok`` is False where the scale underflowed.
+    """
+    lo = lo.clamp(max=0)
+    hi = hi.clamp(min=0)
+    if shrink is not None:
+        lo = lo * shrink
+        hi = hi * shrink
+    raw = (hi - lo) / fmt.qmax
+    stored = _store_up(raw.detach(), fmt.scale_dtype)
+    ok = stored > 0
+    return lo, raw, torch.where(ok, stored, torch.ones_like(stored)), ok
+
+
 def minmax_params(
     W: torch.Tensor,
     fmt: QuantFormat,
@@ -138,14 +164,7 @@ def minmax_params(
         representable in ``fmt.scale_dtype``.
     """
     G = _groups(W, fmt.group_size)
-    lo = G.amin(dim=-1).clamp(max=0)
-    hi = G.amax(dim=-1).clamp(min=0)
-    if shrink is not None:
-        lo = lo * shrink
-        hi = hi * shrink
-    scale = _store_up((hi - lo) / fmt.qmax, fmt.scale_dtype)
-    # A group whose range underflows the storage dtype (all zeros, in practice) gets scale 1.
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    lo, _raw, scale, _ok = _minmax_fit(G.amin(dim=-1), G.amax(dim=-1), fmt, shrink)
     zero = -lo / scale
     zero = zero.round() if zero_point == "integer" else zero
     zero = _store(zero.clamp(0, fmt.qmax), fmt.scale_dtype)
@@ -222,16 +241,12 @@ def fake_quantize(
         out: torch.Tensor = _FakeQuantSTE.apply(W, fmt)
         return out
     G = _groups(W, fmt.group_size)
-    lo = G.amin(dim=-1, keepdim=True).clamp(max=0)
-    hi = G.amax(dim=-1, keepdim=True).clamp(min=0)
-    if shrink is not None:
-        s_ = shrink.unsqueeze(-1) if isinstance(shrink, torch.Tensor) else shrink
-        lo, hi = lo * s_, hi * s_
-    scale = (hi - lo) / fmt.qmax
-    stored = _store_up(scale.detach(), fmt.scale_dtype)
-    ok = stored > 0
+    s_ = shrink.unsqueeze(-1) if isinstance(shrink, torch.Tensor) else shrink
+    lo, raw, stored, ok = _minmax_fit(
+        G.amin(dim=-1, keepdim=True), G.amax(dim=-1, keepdim=True), fmt, s_
+    )
     # Forward value: the stored scale (1 where it underflows); gradient: through the range.
-    scale = torch.where(ok, scale + (stored - scale.detach()), torch.ones_like(scale))
+    scale = torch.where(ok, raw + (stored - raw.detach()), stored)
     x = G / scale
     zero = -lo / scale
     if ste:
@@ -252,10 +267,8 @@ class _FakeQuantSTE(torch.autograd.Function):
         G = _groups(W, fmt.group_size)
         lo_v, lo_i = G.min(dim=-1)
         hi_v, hi_i = G.max(dim=-1)
-        lo, hi = lo_v.clamp(max=0), hi_v.clamp(min=0)
-        s = _store_up((hi - lo) / fmt.qmax, fmt.scale_dtype)
-        ok = s > 0
-        s = torch.where(ok, s, torch.ones_like(s)).unsqueeze(-1)
+        lo, _raw, s, ok = _minmax_fit(lo_v, hi_v, fmt)
+        s = s.unsqueeze(-1)
         z = (-lo.unsqueeze(-1) / s).round().clamp(0, fmt.qmax)
         y = G / s + z
         q = y.round().clamp(0, fmt.qmax)

@@ -8,13 +8,12 @@ points and an optional input transform. ``"rtn"``, ``"hadamard"`` and ``"cafeq"`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from coreopt.quant.config import QuantizeConfig
+from coreopt.quant.config import QuantizeConfig, get_method, register_method, registered_methods
 from coreopt.quant.format import QuantFormat, dequantize_codes, minmax_params, quantize_codes
 from coreopt.quant.linear import pad_columns
 from coreopt.quant.pairs import PairProblem, alternating_rounding
@@ -29,6 +28,20 @@ from coreopt.quant.single import learn_transform
 from coreopt.quant.transforms import block_diag, random_block_orthogonal, right_blocks
 
 Codes = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+__all__ = [
+    "LayerOutcome",
+    "MatrixTask",
+    "PairTask",
+    "cafeq_matrix",
+    "cafeq_method",
+    "get_method",
+    "hadamard_method",
+    "layer_prior",
+    "register_method",
+    "registered_methods",
+    "rtn_method",
+]
 
 
 @dataclass
@@ -78,36 +91,6 @@ class LayerOutcome:
         W = dequantize_codes(self.codes, self.scale, self.zero, group_size, torch.float32)
         W = W[:, : self.in_features]
         return W if self.transform is None else right_blocks(W, self.transform.float())
-
-
-Handler = Callable[[MatrixTask | PairTask, QuantizeConfig], list[LayerOutcome]]
-_REGISTRY: dict[str, Handler] = {}
-
-
-def register_method(name: str, handler: Handler) -> None:
-    """Make ``method=name`` available to :func:`coreopt.quantize`.
-
-    ``handler(task, config)`` receives a :class:`MatrixTask` (or a :class:`PairTask` when the
-    method quantizes pairs jointly; a handler that does not can call itself on ``task.reader`` and
-    ``task.producer``) and returns one :class:`LayerOutcome` per matrix.
-    """
-    if not callable(handler):
-        raise TypeError("handler must be callable")
-    _REGISTRY[name] = handler
-
-
-def registered_methods() -> tuple[str, ...]:
-    """Names accepted by ``QuantizeConfig(method=...)``."""
-    return tuple(_REGISTRY)
-
-
-def get_method(name: str) -> Handler:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"method={name!r} is unknown; expected one of {registered_methods()}"
-        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
