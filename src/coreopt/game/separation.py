@@ -13,7 +13,6 @@ The candidates are then evaluated for real in one batch by the caller.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import highspy
@@ -182,24 +181,29 @@ def top_by_milp(
     x: npt.NDArray[np.float64],
     k: int,
     exclude: set[int],
-    time_limit: float = 0.5,
+    max_nodes: int = 200,
 ) -> list[int]:
     """Up to ``k`` maximisers of ``v̂(S) - x(S)`` over proper coalitions by a HiGHS MILP.
 
     Binary ``z_i`` (membership) and ``y_ij = z_i z_j`` linearised (``y <= z_i``, ``y <= z_j`` when
     ``b_ij > 0``; ``y >= z_i + z_j - 1`` when ``b_ij < 0``); ``1 <= Σ z <= n - 1``. Each solution
     found is cut off (no-good cut) before the next solve, as are the masks in ``exclude`` that the
-    solver hits; at most ``3k`` solves and ``time_limit`` seconds for all of them (a round's
-    separation must stay cheap next to its value calls).
+    solver hits; at most ``3k`` solves. Each solve is capped in *work*, not seconds:
+    ``max_nodes`` branch-and-bound nodes (HiGHS ``mip_max_nodes``), so that the candidates, and
+    the payoff they lead to, do not depend on the machine's load; a capped solve contributes its
+    best integer solution so far.
     """
     n = surrogate.n
     inf = highspy.kHighsInf
-    pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if abs(surrogate.b[i, j]) > 1e-15]
+    iu, ju = np.nonzero(np.abs(np.triu(surrogate.b, 1)) > 1e-15)
+    pairs = list(zip(iu.tolist(), ju.tolist(), strict=True))
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", float(time_limit))
+    h.setOptionValue("threads", 1)
+    h.setOptionValue("random_seed", 0)
+    h.setOptionValue("mip_max_nodes", int(max_nodes))
     ncol = n + len(pairs)
-    cost = np.concatenate([-(surrogate.a - x), [-surrogate.b[i, j] for i, j in pairs]])
+    cost = np.concatenate([-(surrogate.a - x), -surrogate.b[iu, ju]])
     none_i = np.array([], dtype=np.int32)
     h.addCols(ncol, cost, np.zeros(ncol), np.ones(ncol), 0, none_i, none_i, np.array([]))
     h.changeColsIntegrality(
@@ -218,19 +222,16 @@ def top_by_milp(
         else:
             row(-1.0, inf, [col, i, j], [1.0, -1.0, -1.0])
     found: list[int] = []
-    deadline = time.perf_counter() + time_limit
+    usable = (
+        highspy.HighsModelStatus.kOptimal,
+        highspy.HighsModelStatus.kSolutionLimit,
+        highspy.HighsModelStatus.kIterationLimit,
+    )
     # bounded: each solve either finds a new coalition or cuts off a known one; known optima
-    # beyond 2k (or past the deadline) mean the surrogate has nothing new to offer this round
+    # beyond 2k mean the surrogate has nothing new to offer this round
     for _ in range(3 * k):
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:
-            break
-        h.setOptionValue("time_limit", float(remaining))
         h.run()
-        if h.getModelStatus() not in (
-            highspy.HighsModelStatus.kOptimal,
-            highspy.HighsModelStatus.kTimeLimit,
-        ):
+        if h.getModelStatus() not in usable or not h.getSolution().value_valid:
             break
         z = np.asarray(h.getSolution().col_value[:n]) > 0.5
         mask = int(sum(1 << i for i in range(n) if z[i]))
