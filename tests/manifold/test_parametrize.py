@@ -34,7 +34,7 @@ def test_weight_is_orthogonal_and_state_dict_round_trips(map_: str, fin: int, fo
 def test_assigning_an_orthogonal_matrix_inverts_the_cayley_map(shape: tuple[int, ...]) -> None:
     module = nn.Module()
     module.weight = nn.Parameter(torch.randn(shape, dtype=torch.float64))
-    orthogonal(module, "weight")
+    orthogonal(module, "weight", batched=True)
     target = torch.linalg.qr(torch.randn(shape, dtype=torch.float64)).Q
     if shape[-2] < shape[-1]:
         target = torch.linalg.qr(torch.randn(*shape[:-2], shape[-1], shape[-2]).double()).Q.mT
@@ -59,3 +59,41 @@ def test_custom_map_and_errors() -> None:
     reflection = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="eigenvalue"):
         layer.weight = reflection
+
+
+@pytest.mark.parametrize("map_", ["cayley", "matrix_exp"])
+@pytest.mark.parametrize(("cin", "cout"), [(2, 8), (1, 16)])
+def test_conv_weight_is_constrained_as_the_flattened_matrix(map_: str, cin: int, cout: int) -> None:
+    # The layer's operator on a patch is W.flatten(1), (out, in·k·k): its singular values are
+    # all 1 (a per-kernel constraint leaves them far from 1).
+    torch.manual_seed(0)
+    conv = orthogonal(nn.Conv2d(cin, cout, 3).double(), "weight", map=map_)
+    W = conv.weight
+    assert W.shape == (cout, cin, 3, 3)
+    sv = torch.linalg.svdvals(W.flatten(1))
+    torch.testing.assert_close(sv, torch.ones_like(sv), atol=1e-10, rtol=0)
+    # Patches through the conv: ||conv(x)|| over one output pixel equals ||patch|| when tall
+    # (orthonormal columns), <= otherwise.
+    x = torch.randn(5, cin, 3, 3, dtype=torch.float64)
+    y = torch.nn.functional.conv2d(x, W).flatten(1)
+    if cout >= cin * 9:
+        torch.testing.assert_close(y.norm(dim=1), x.flatten(1).norm(dim=1))
+    else:
+        assert (y.norm(dim=1) <= x.flatten(1).norm(dim=1) * (1 + 1e-12)).all()
+    # Assigning an orthogonal flattened matrix inverts the map.
+    target = torch.linalg.qr(torch.randn(cin * 9, cout, dtype=torch.float64)).Q.T
+    if cout >= cin * 9:
+        target = torch.linalg.qr(torch.randn(cout, cin * 9, dtype=torch.float64)).Q
+    if map_ == "cayley":
+        conv.weight = target.reshape(cout, cin, 3, 3)
+        torch.testing.assert_close(conv.weight.flatten(1), target, atol=1e-10, rtol=0)
+
+
+def test_batched_constrains_each_trailing_slice() -> None:
+    module = nn.Module()
+    module.weight = nn.Parameter(torch.randn(3, 6, 4, dtype=torch.float64))
+    orthogonal(module, "weight", batched=True)
+    for Q in module.weight:
+        assert _orth_error(Q) < 1e-12
+    with pytest.raises(TypeError, match="batched"):
+        orthogonal(nn.Linear(3, 3), batched="yes")  # type: ignore[arg-type]

@@ -7,24 +7,49 @@ from typing import Any
 
 import torch
 
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def check_param_dtype(dtype: torch.dtype, layer: str) -> None:
+    """Raise ``TypeError`` unless ``dtype`` is float32 or float64 (the Cayley layers' LU solves
+    and complex FFTs have no half-precision kernels)."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{layer} parameters must be float32 or float64, got {dtype}: the Cayley map needs "
+            "an LU solve (and CayleyConv2d complex FFTs) that torch does not provide in "
+            "half precision. Keep the layer in float32 and cast its input and output "
+            "(y = layer(x.float()).to(x.dtype)), or run it outside torch.autocast."
+        )
+
 
 class DerivedWeightCache:
     """Caches tensors computed from parameters, invalidated whenever a parameter changes.
 
-    The cache is keyed on each parameter's identity, ``data_ptr()`` and autograd ``_version``
-    counter. Every in-place update (``optimizer.step()``, ``load_state_dict``, ``param.data.copy_``,
-    ``with torch.no_grad(): param.mul_(...)``) bumps the version counter, and re-assigning a
-    parameter changes its identity, so a stale entry is never returned. Entries are computed under
+    An entry is reused only if every parameter has the same identity, ``data_ptr()``, shape,
+    device, dtype and autograd ``_version`` counter as when it was computed **and** the same
+    values: the cache keeps a copy of the parameters and compares it exactly (``torch.equal``, one
+    pass over the parameters, far cheaper than the derived weight). The value check is needed
+    because writes through ``param.data`` (``param.data.copy_(W)``, ``alpha.data.fill_(x)``, as
+    EMA updates, weight clipping and older training loops do) bump a version counter of their own
+    that the parameter's ``_version`` does not see. Entries are computed under
     ``torch.no_grad()`` and therefore hold no autograd graph.
     """
 
     def __init__(self) -> None:
         self._state: tuple[Hashable, ...] | None = None
+        self._values: list[torch.Tensor] = []
         self._entries: dict[Hashable, torch.Tensor] = {}
 
     @staticmethod
     def _fingerprint(params: Sequence[torch.Tensor]) -> tuple[Hashable, ...]:
-        return tuple((id(p), p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        return tuple(
+            (id(p), p.data_ptr(), tuple(p.shape), p._version, p.device, p.dtype) for p in params
+        )
+
+    def _fresh(self, state: tuple[Hashable, ...], params: Sequence[torch.Tensor]) -> bool:
+        if state != self._state or len(self._values) != len(params):
+            return False
+        return all(torch.equal(p.detach(), v) for p, v in zip(params, self._values, strict=True))
 
     def get(
         self,
@@ -34,9 +59,10 @@ class DerivedWeightCache:
     ) -> torch.Tensor:
         """The cached ``compute()`` for ``key`` if no parameter changed since, else a fresh one."""
         state = self._fingerprint(params)
-        if state != self._state:
+        if not self._fresh(state, params):
             self._entries.clear()
             self._state = state
+            self._values = [p.detach().clone() for p in params]
         out = self._entries.get(key)
         if out is None:
             with torch.no_grad():
@@ -48,6 +74,7 @@ class DerivedWeightCache:
         """Drop every entry."""
         self._entries.clear()
         self._state = None
+        self._values = []
 
     def __len__(self) -> int:
         return len(self._entries)

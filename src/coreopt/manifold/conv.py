@@ -18,7 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from coreopt.manifold._cache import DerivedWeightCache, cache_usable, clear_cache_hook
+from coreopt.manifold._cache import (
+    DerivedWeightCache,
+    cache_usable,
+    check_param_dtype,
+    clear_cache_hook,
+)
 from coreopt.manifold.cayley import cayley
 
 
@@ -532,9 +537,9 @@ def _cached_spectrum_op(
     compiled graphs.
 
     Opaque to ``torch.compile``, so the cache lookup (a check of the parameters' version
-    counters) happens each time the graph runs. Returns a contiguous copy of the transpose of the
-    column-major cached ``Q`` (``.mT`` of it is ``Q``, laid out as the eager path's): a compiled
-    graph may reuse the buffers of an op's outputs, and expects contiguous ones.
+    counters and values) happens each time the graph runs. Returns a contiguous copy of the
+    transpose of the column-major cached ``Q`` (``.mT`` of it is ``Q``, laid out as the eager
+    path's): a compiled graph may reuse the buffers of an op's outputs, and expects contiguous ones.
     """
     cache = _CACHES.get(weight)
     if cache is None:
@@ -603,10 +608,11 @@ class CayleyConv2d(nn.Module):
 
     **Caching.** In eval mode, when autograd will not record the parameters (``torch.no_grad()``,
     ``torch.inference_mode()`` or frozen parameters), the per-frequency ``Q`` is cached per input
-    size. The cache is keyed on the parameters' version counters, so an optimizer step,
+    size. The cache is keyed on the parameters' version counters and a copy of their values, so
+    an optimizer step, a write through ``.data`` (EMA, weight clipping),
     ``load_state_dict`` or any in-place change invalidates it; ``train()`` clears it. Compiled
     graphs (``torch.compile``, also with ``fullgraph=True``) reach the same cache through the
-    opaque op ``coreopt::cayley_conv_spectrum``, which checks the version counters when the graph
+    opaque op ``coreopt::cayley_conv_spectrum``, which checks the parameters when the graph
     runs.
 
     Reconstructed details (not in the paper): the kernel of a strided layer acts on the
@@ -681,8 +687,7 @@ class CayleyConv2d(nn.Module):
         self.groups = groups
         cin = in_channels * stride * stride // groups
         self.weight = nn.Parameter(torch.empty(out_channels, cin, *self.kernel_size, **factory))
-        if not self.weight.is_floating_point() or self.weight.is_complex():
-            raise TypeError(f"dtype must be a real floating type, got {self.weight.dtype}")
+        check_param_dtype(self.weight.dtype, "CayleyConv2d")
         self.alpha = nn.Parameter(torch.empty((), **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self._cache = DerivedWeightCache()
@@ -734,7 +739,7 @@ class CayleyConv2d(nn.Module):
                 torch.is_grad_enabled() and (self.weight.requires_grad or self.alpha.requires_grad)
             ):
                 # The cache is Python state that a compiled graph cannot read: an opaque op
-                # looks it up when the graph runs (checking the parameters' versions then).
+                # looks it up when the graph runs (checking the parameters then).
                 dh, dw = self.dilation
                 qt: torch.Tensor = torch.ops.coreopt.cayley_conv_spectrum(
                     self.weight, self.alpha, h, w, self.groups, dh, dw
@@ -770,6 +775,7 @@ class CayleyConv2d(nn.Module):
             raise ValueError(
                 f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
+        check_param_dtype(self.weight.dtype, "CayleyConv2d")  # e.g. after .bfloat16()
         if x.dtype != self.weight.dtype:
             raise TypeError(f"x has dtype {x.dtype}, the layer's parameters {self.weight.dtype}")
         h, w = self._grid(x.shape[-2], x.shape[-1])

@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coreopt.manifold._cache import DerivedWeightCache, cache_usable, clear_cache_hook
+from coreopt.manifold._cache import (
+    DerivedWeightCache,
+    cache_usable,
+    check_param_dtype,
+    clear_cache_hook,
+)
 from coreopt.manifold.cayley import cayley
 
 
@@ -26,7 +31,8 @@ class CayleyLinear(nn.Module):
     ``‖weight‖_F`` of the freshly initialised weight (so optimizers see it and a fresh layer loads
     checkpoints). In eval mode, when autograd does not record the parameters (``torch.no_grad()``,
     inference mode or frozen parameters), ``Q`` is cached; the cache is keyed on the parameters'
-    version counters, so an optimizer step or ``load_state_dict`` invalidates it, and ``train()``
+    version counters and a copy of their values, so an optimizer step, ``load_state_dict`` or a
+    write through ``.data`` (EMA, weight clipping) invalidates it, and ``train()``
     clears it (the reference implementation kept a stale weight in eval mode).
 
     Reconstructed detail (not in the paper): the weight initialisation (``nn.Linear``'s
@@ -69,8 +75,7 @@ class CayleyLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
-        if not self.weight.is_floating_point():
-            raise TypeError(f"dtype must be a real floating type, got {self.weight.dtype}")
+        check_param_dtype(self.weight.dtype, "CayleyLinear")
         self.alpha = nn.Parameter(torch.empty((), **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self._cache = DerivedWeightCache()
@@ -109,6 +114,7 @@ class CayleyLinear(nn.Module):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (*, {self.in_features}), got {tuple(x.shape)}")
+        check_param_dtype(self.weight.dtype, "CayleyLinear")  # e.g. after .bfloat16()
         return F.linear(x, self.orthogonal_weight(), self.bias)
 
     def extra_repr(self) -> str:

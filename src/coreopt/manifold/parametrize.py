@@ -52,12 +52,18 @@ class Orthogonal(nn.Module):
     (for instance a freshly initialised ``nn.Linear`` weight) is kept as the unconstrained ``X``
     itself, so registering on a new layer starts from ``Q = map(weight)``.
 
+    With ``flatten=True`` a tensor of more than two dimensions ``(out, d1, d2, ...)`` (a conv
+    kernel) is constrained as the one matrix ``(out, d1·d2·...)``: the map is applied to the
+    flattened tensor and the result reshaped back.
+
     Args:
         orthogonal_map: ``"cayley"``, ``"matrix_exp"`` or a callable ``X -> Q``.
+        flatten: flatten dimensions after the first before the map (else they are a batch).
     """
 
-    def __init__(self, orthogonal_map: MapSpec = "cayley") -> None:
+    def __init__(self, orthogonal_map: MapSpec = "cayley", *, flatten: bool = False) -> None:
         super().__init__()
+        self.flatten = flatten
         self.map_name = orthogonal_map if isinstance(orthogonal_map, str) else "custom"
         self._fn: Callable[[torch.Tensor], torch.Tensor]
         if callable(orthogonal_map):
@@ -72,17 +78,24 @@ class Orthogonal(nn.Module):
             )
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        """``Q`` of the same shape as ``X`` (``(..., m, n)``)."""
+        """``Q`` of the same shape as ``X`` (``(..., m, n)``, or ``(out, ...)`` when flattening)."""
+        if self.flatten and X.ndim > 2:
+            return self._fn(X.reshape(X.shape[0], -1)).reshape(X.shape)
         return self._fn(X)
 
     @torch.no_grad()
     def right_inverse(self, Q: torch.Tensor) -> torch.Tensor:
         """An ``X`` with ``forward(X) == Q`` for orthogonal ``Q`` (Cayley map), else ``Q``."""
+        if self.flatten and Q.ndim > 2:
+            return self._right_inverse(Q.reshape(Q.shape[0], -1)).reshape(Q.shape)
+        return self._right_inverse(Q)
+
+    def _right_inverse(self, Q: torch.Tensor) -> torch.Tensor:
         if self.map_name != "cayley" or Q.ndim < 2:
             return Q
         m, n = Q.shape[-2:]
         if m < n:
-            return self.right_inverse(Q.mT).mT
+            return self._right_inverse(Q.mT).mT
         eye = torch.eye(n, dtype=Q.dtype, device=Q.device)
         tol = 100 * max(m, n) * torch.finfo(Q.dtype).eps
         if (Q.mH @ Q - eye).abs().max() > max(tol, 1e-4):
@@ -103,24 +116,42 @@ class Orthogonal(nn.Module):
         return torch.cat((S / 2, V), dim=-2)
 
     def extra_repr(self) -> str:
-        return f"map={self.map_name!r}"
+        return f"map={self.map_name!r}, flatten={self.flatten}"
 
 
-def orthogonal(module: nn.Module, name: str = "weight", map: MapSpec = "cayley") -> nn.Module:
+def orthogonal(
+    module: nn.Module,
+    name: str = "weight",
+    map: MapSpec = "cayley",
+    *,
+    batched: bool = False,
+) -> nn.Module:
     """Constrain ``module.<name>`` to orthogonal matrices through a torch parametrization.
 
     After the call ``module.<name>`` is computed on access as ``Q = map(X)`` from an unconstrained
     parameter ``X`` stored at ``module.parametrizations.<name>.original`` (so ``state_dict`` keys
     change accordingly and a fresh module parametrized the same way loads them). A tall weight
     ``(m, n)``, ``m > n``, gets orthonormal columns (``QᵀQ = I``), a wide one orthonormal rows.
-    Works like ``torch.nn.utils.parametrizations.orthogonal`` and ``geotorch.orthogonal``; use
-    ``torch.nn.utils.parametrize.cached()`` to compute ``Q`` once per forward pass.
+    Use ``torch.nn.utils.parametrize.cached()`` to compute ``Q`` once per forward pass.
+
+    **Weights of more than two dimensions.** By default a weight ``(out, d1, d2, ...)`` (an
+    ``nn.Conv2d`` kernel ``(out, in/groups, kh, kw)``) is constrained as the one matrix
+    ``(out, d1·d2·...)`` that the layer applies to each input patch, as ``nn.init.orthogonal_``
+    flattens it: the rows of a conv kernel are orthonormal filters (or its columns orthonormal,
+    when ``out`` is the larger side). ``batched=True`` instead constrains every trailing
+    ``(d_{-2}, d_{-1})`` slice on its own (for a stack of matrices ``(E, m, n)``); this is what
+    ``torch.nn.utils.parametrizations.orthogonal`` and ``geotorch.orthogonal`` do with extra
+    dimensions, which for a conv kernel makes each ``k x k`` spatial kernel orthogonal and bounds
+    nothing about the layer. Neither choice makes a *convolution* orthogonal as an operator on
+    images (use :class:`~coreopt.manifold.CayleyConv2d` for that).
 
     Args:
-        module: the module owning the parameter (e.g. an ``nn.Linear``).
-        name: the parameter's name; it must be a floating tensor with at least 2 dimensions
-            (leading dimensions are batched).
-        map: ``"cayley"`` (default), ``"matrix_exp"``, or a callable ``X -> Q``.
+        module: the module owning the parameter (e.g. an ``nn.Linear`` or ``nn.Conv2d``).
+        name: the parameter's name; it must be a floating tensor with at least 2 dimensions.
+        map: ``"cayley"`` (default), ``"matrix_exp"``, or a callable ``X -> Q`` (applied to the
+            flattened ``(out, d1·d2·...)`` matrix unless ``batched``).
+        batched: treat leading dimensions as a batch of matrices instead of flattening the
+            trailing ones (only matters for weights of more than two dimensions).
 
     Returns:
         ``module``, modified in place.
@@ -130,6 +161,10 @@ def orthogonal(module: nn.Module, name: str = "weight", map: MapSpec = "cayley")
         >>> layer = orthogonal(torch.nn.Linear(5, 5).double())
         >>> Q = layer.weight
         >>> torch.allclose(Q.T @ Q, torch.eye(5, dtype=torch.float64))
+        True
+        >>> conv = orthogonal(torch.nn.Conv2d(3, 8, 3).double())   # (8, 3·3·3) = (8, 27)
+        >>> W = conv.weight.flatten(1)
+        >>> torch.allclose(W @ W.T, torch.eye(8, dtype=torch.float64))
         True
     """
     if not isinstance(module, nn.Module):
@@ -142,5 +177,7 @@ def orthogonal(module: nn.Module, name: str = "weight", map: MapSpec = "cayley")
             f"{name} must be a floating tensor with at least 2 dimensions, got "
             f"{tuple(tensor.shape)} {tensor.dtype}"
         )
-    parametrize.register_parametrization(module, name, Orthogonal(map))
+    if not isinstance(batched, bool):
+        raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
+    parametrize.register_parametrization(module, name, Orthogonal(map, flatten=not batched))
     return module
