@@ -16,6 +16,9 @@ class Status(StrEnum):
 
     CONVERGED = "converged"
     """An optimality or early-stopping criterion was met."""
+    ESTIMATED = "estimated"
+    """A sampling-based stopping rule was met: the answer is an estimate, not certified
+    (e.g. approximate least core: unseen coalitions were only probed)."""
     TARGET_REACHED = "target_reached"
     """The objective reached the user's target value."""
     MAX_ITERATIONS = "max_iterations"

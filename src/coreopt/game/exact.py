@@ -18,8 +18,8 @@ import numpy.typing as npt
 from coreopt.game.coalitions import Players
 from coreopt.game.games import Game
 from coreopt.game.generation import egalitarian, nucleolus, solve_by_generation
-from coreopt.game.lp import LeastCoreLP, LPSolution
-from coreopt.game.result import LeastCoreConfig, LeastCoreResult, RoundInfo
+from coreopt.game.lp import InfeasibleGameError, LeastCoreLP, LPSolution
+from coreopt.game.result import LeastCoreConfig, LeastCoreResult, RequirementEstimate, RoundInfo
 from coreopt.game.rows import ExplicitRows, TableRows
 from coreopt.status import Status
 
@@ -86,7 +86,13 @@ def solve_table(
     n = players.n
     if cfg.normalize:
         values = values - values[0]
-    scale = max(1.0, float(np.abs(values).max()))
+    if n == 1:
+        return _one_player(values, players, cfg, value_calls, value_seconds, t0)
+    # Scale invariance: HiGHS's and the QP's tolerances are absolute, so the LP and the tie-break
+    # see the game in units of its largest |v| and the answer is mapped back at the end.
+    unit = value_unit(values)
+    values = values / unit
+    scale = 1.0
     tol = cfg.tol * scale
     grand = (1 << n) - 1
     singles = np.array([1 << i for i in range(n)], dtype=np.int64)
@@ -127,7 +133,65 @@ def solve_table(
         timings={"value": value_seconds, "lp": lp_seconds, "separation": 0.0, "total": total},
         probe_excess=None,
         violation_rate=0.0,
+        unit=unit,
     )
+
+
+def _one_player(
+    values: npt.NDArray[np.float64],
+    players: Players,
+    cfg: LeastCoreConfig,
+    value_calls: int,
+    value_seconds: float,
+    t0: float,
+) -> LeastCoreResult:
+    """The trivial game of one player: ``x = v(N)``; no proper coalition constrains ``e``, so
+    ``e* = -inf`` (``0`` when the grand coalition counts, ``proper=False``)."""
+    grand = float(values[1])
+    if (cfg.nonnegative and grand < 0) or (cfg.imputation and grand < float(values[1])):
+        raise InfeasibleGameError(
+            f"the least-core LP is infeasible: one player, v(N) = {grand:.6g} < 0 with "
+            "nonnegative=True"
+        )
+    eps = float("-inf") if cfg.proper else 0.0
+    sol = LPSolution(
+        x=np.array([grand]),
+        epsilon=eps,
+        masks=np.zeros(0, dtype=np.int64),
+        duals=np.zeros(0),
+        grand_dual=0.0,
+        iterations=0,
+        seconds=0.0,
+    )
+    total = time.perf_counter() - t0
+    return build_result(
+        players,
+        sol.x,
+        sol,
+        eps,
+        exact=True,
+        value_calls=value_calls,
+        lp_rounds=0,
+        status=Status.CONVERGED,
+        mode="exact",
+        cfg=cfg,
+        levels=[],
+        history=[RoundInfo(0, value_calls, eps, 0, 0, total)],
+        timings={"value": value_seconds, "lp": 0.0, "separation": 0.0, "total": total},
+        probe_excess=None,
+        violation_rate=0.0,
+    )
+
+
+def value_unit(values: npt.ArrayLike) -> float:
+    """The game's scale: the largest ``|v(S)|`` (``1.0`` for an all-zero game).
+
+    Every LP, QP and tolerance works on ``v / value_unit(v)``; payoffs and excesses are multiplied
+    back by it, so a game in other units gives the same answer in those units.
+    """
+    a = np.abs(np.asarray(values, dtype=np.float64))
+    unit = float(a.max()) if a.size else 0.0
+    return unit if unit > 0 and np.isfinite(unit) else 1.0
 
 
 def make_lp(
@@ -206,14 +270,28 @@ def build_result(
     timings: dict[str, float],
     probe_excess: float | None,
     violation_rate: float | None,
+    unit: float = 1.0,
+    estimate: RequirementEstimate | None = None,
+    reused_values: int = 0,
 ) -> LeastCoreResult:
-    """Assemble a :class:`LeastCoreResult` (labels, tight coalitions, duals)."""
+    """Assemble a :class:`LeastCoreResult` (labels, tight coalitions, duals).
+
+    ``x``, ``sol``, ``epsilon_upper``, ``levels``, ``probe_excess``, ``history`` and ``estimate``
+    are in units of ``unit`` (the solver works on ``v / unit``); they are mapped back here.
+    """
     positive = sol.duals > 1e-9
+    x = np.asarray(x, dtype=np.float64) * unit
+    if unit != 1.0:
+        history = [dataclasses.replace(h, epsilon=h.epsilon * unit) for h in history]
+        levels = [lv * unit for lv in levels]
+        probe_excess = None if probe_excess is None else probe_excess * unit
+        if estimate is not None:
+            estimate = estimate.scaled(unit)
     return LeastCoreResult(
         payoff={label: float(v) for label, v in zip(players.labels, x, strict=True)},
-        x=np.asarray(x, dtype=np.float64),
-        epsilon=float(sol.epsilon),
-        epsilon_upper=float(epsilon_upper),
+        x=x,
+        epsilon=float(sol.epsilon) * unit,
+        epsilon_upper=float(epsilon_upper) * unit,
         probe_excess=probe_excess,
         violation_rate=violation_rate,
         exact=exact,
@@ -227,6 +305,8 @@ def build_result(
         levels=levels,
         history=history,
         timings=timings,
+        estimate=estimate,
+        reused_values=reused_values,
     )
 
 

@@ -13,6 +13,9 @@ The optimum over a subset of rows is a lower bound on the optimum over all rows.
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +27,47 @@ import numpy.typing as npt
 from coreopt.game.coalitions import members
 
 _INF = highspy.kHighsInf
+_BANNER_LOCK = threading.Lock()
+_banner_done = False
+
+
+def new_highs(threads: int = 1) -> highspy.Highs:
+    """A silent ``highspy.Highs`` instance.
+
+    HiGHS prints its copyright banner on C-level stdout when the first instance of the process is
+    constructed, before any option can switch output off. Library code must never write to
+    stdout, so the first construction runs with file descriptor 1 pointed at ``os.devnull``
+    (once per process, under a lock); ``output_flag`` is switched off on every instance.
+    """
+    global _banner_done
+    with _BANNER_LOCK:
+        if _banner_done:
+            h = highspy.Highs()
+        else:
+            h = _construct_muted()
+            _banner_done = True
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", threads)
+    return h
+
+
+def _construct_muted() -> highspy.Highs:
+    """``highspy.Highs()`` with C-level stdout sent to ``os.devnull`` while it runs."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no usable fd 1: nothing can leak to it
+        return highspy.Highs()
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+            return highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(devnull)
+    finally:
+        os.close(saved)
 
 
 class InfeasibleGameError(ValueError):
@@ -79,9 +123,7 @@ class LeastCoreLP:
     ) -> None:
         self.n = n
         self.grand_value = float(grand_value)
-        self._h = highspy.Highs()
-        self._h.setOptionValue("output_flag", False)
-        self._h.setOptionValue("threads", threads)
+        self._h = new_highs(threads)
         self._h.setOptionValue("primal_feasibility_tolerance", 1e-10)
         self._h.setOptionValue("dual_feasibility_tolerance", 1e-10)
         lo = np.full(n, -_INF)

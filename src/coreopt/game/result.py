@@ -30,8 +30,13 @@ class LeastCoreConfig:
         imputation: payments ``x_i >= v({i})`` (individual rationality).
         normalize: subtract ``v(∅)`` from every value (an LLM answers something with no sources);
             costs one extra call.
-        budget: maximum number of value calls (``None``: unlimited). Exact mode is chosen when
-            every coalition fits in it.
+        budget: maximum number of value calls (``None``: unlimited), values reused from
+            ``known_values`` or a checkpoint included. Exact mode is chosen when every coalition
+            fits in it.
+        audit_probes: approximate mode: fresh uniform coalitions evaluated against the returned
+            payoff after it is chosen (never added to the LP), for the probe-based
+            :class:`RequirementEstimate` of what unseen coalitions may still require. At most a
+            tenth of the budget is reserved for them. ``0`` skips the audit.
         mode: ``"auto"``, ``"exact"`` (evaluate all ``2^n - 1`` coalitions, certified optimal) or
             ``"approximate"`` (constraint generation).
         tie_break: ``None`` (any LP optimum), ``"egalitarian"`` (min ``||x||_2`` in the least
@@ -74,6 +79,7 @@ class LeastCoreConfig:
     """
 
     budget: int | None = None
+    audit_probes: int = 100
     mode: Literal["auto", "exact", "approximate"] = "auto"
     proper: bool = True
     nonnegative: bool = False
@@ -104,7 +110,14 @@ class LeastCoreConfig:
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.budget is not None and (isinstance(self.budget, bool) or self.budget < 1):
+        if self.budget is not None and (
+            isinstance(self.budget, bool) or not isinstance(self.budget, int | np.integer)
+        ):
+            raise TypeError(
+                f"budget must be a positive int (a number of value calls) or None, got "
+                f"{type(self.budget).__name__} {self.budget!r}"
+            )
+        if self.budget is not None and self.budget < 1:
             raise ValueError(f"budget must be a positive int or None, got {self.budget!r}")
         if self.mode not in ("auto", "exact", "approximate"):
             raise ValueError(f"mode={self.mode!r}; expected 'auto', 'exact' or 'approximate'")
@@ -135,6 +148,7 @@ class LeastCoreConfig:
             "probes",
             "confirm_probes",
             "confirm_ascents",
+            "audit_probes",
             "retries",
             "complementary_pairs",
         ):
@@ -169,6 +183,61 @@ class RoundInfo:
 
 
 @dataclass(frozen=True)
+class RequirementEstimate:
+    """What the coalitions NOT evaluated may still require of a payoff: an estimate, not a bound.
+
+    A payoff's *requirement* is ``max_S v(S) - x(S)`` over every proper coalition (the smallest
+    ``e`` for which it is in the ``e``-core). Approximate mode only sees the coalitions it paid
+    for, so the true requirement can be larger than ``epsilon_upper``. This estimate comes from
+    fresh uniform coalitions (probes) evaluated *after* the payoff was chosen: their excesses are
+    an unbiased sample of all coalitions' excesses. Sampling cannot bound a maximum: a coalition
+    rarer than ``1/probes`` can still need more (the true requirement stays uncertified).
+
+    Attributes:
+        probes: number of held-out uniform probes.
+        level: the requirement over the coalitions used to choose the payoff (before the probes).
+        max_excess: largest excess ``v(S) - x(S)`` among the probes.
+        exceeding: probes whose excess is above ``level`` (beyond the tolerance).
+        fraction_upper: one-sided Clopper-Pearson upper bound, at ``confidence``, on the fraction
+            of ALL proper coalitions whose excess is above ``level``.
+        confidence: the confidence of ``fraction_upper`` (0.95).
+        of_returned_payoff: ``True`` when the probes were measured against the returned payoff;
+            ``False`` when no call was left for that and they come from the last round, measured
+            against that round's payoff (which differs from the returned one).
+    """
+
+    probes: int
+    level: float
+    max_excess: float
+    exceeding: int
+    fraction_upper: float
+    confidence: float = 0.95
+    of_returned_payoff: bool = True
+
+    def scaled(self, unit: float) -> RequirementEstimate:
+        """The same estimate with excesses multiplied by ``unit`` (solver units -> game units)."""
+        return RequirementEstimate(
+            self.probes,
+            self.level * unit,
+            self.max_excess * unit,
+            self.exceeding,
+            self.fraction_upper,
+            self.confidence,
+            self.of_returned_payoff,
+        )
+
+    def describe(self) -> str:
+        """One sentence for :meth:`LeastCoreResult.summary`."""
+        whose = "the returned payoff" if self.of_returned_payoff else "the last round's payoff"
+        return (
+            f"ESTIMATE from {self.probes} fresh uniform probes against {whose}: largest excess "
+            f"{self.max_excess:.6g}, {self.exceeding} above {self.level:.6g}; with "
+            f"{self.confidence:.0%} confidence at most {self.fraction_upper:.2%} of all "
+            f"coalitions need more than {self.level:.6g} (rarer ones may need more: not a bound)"
+        )
+
+
+@dataclass(frozen=True)
 class LeastCoreResult:
     """A least-core payoff with its certificate and diagnostics.
 
@@ -179,17 +248,23 @@ class LeastCoreResult:
             least-core value ``e*`` (equal to it when ``exact``).
         epsilon_upper: largest excess ``v(S) - x(S)`` of the returned payoff over every proper
             coalition evaluated: the payoff is in the ``epsilon_upper``-core of those coalitions.
+            Unless ``certified``, it is a LOWER bound on the payoff's true requirement (unseen
+            coalitions may need more; see ``estimate``), not an upper bound on anything.
         probe_excess: largest excess over the last round's fresh uniform probes, measured against
             that round's payoff before the probes joined the LP (out of sample; ``None`` when no
             probe ran). When ``status`` is ``CONVERGED`` that payoff is the one returned.
         violation_rate: 95% (Clopper-Pearson) upper confidence bound on the fraction of
             coalitions violated by that payoff beyond that round's LP level, from the same probes
             (``0.0`` when exact, ``None`` without probes).
-        exact: certified optimal (every coalition evaluated, or an exact table).
-        value_calls: distinct value-function calls made (each coalition at most once).
+        exact: certified optimal (every coalition evaluated, or an exact table); same as
+            ``certified``.
+        value_calls: distinct value-function calls made by this run (each coalition at most
+            once); values taken from ``known_values`` or a checkpoint are in ``reused_values``.
         lp_rounds: LP solves.
-        status: ``Status.CONVERGED`` (stopping rule met), ``BUDGET_EXHAUSTED`` (partial but
-            valid: the bounds above still hold), ``MAX_ITERATIONS``.
+        status: ``Status.CONVERGED``: certified optimal (every coalition evaluated);
+            ``Status.ESTIMATED``: approximate mode's sampling-based stopping rule was met, the
+            payoff is an estimate; ``BUDGET_EXHAUSTED``: the budget ran out (partial, estimated;
+            ``epsilon`` is still a certified lower bound); ``MAX_ITERATIONS``.
         mode: ``"exact"`` or ``"approximate"``.
         tie_break: the rule applied to pick ``x`` inside the least core.
         tight: coalitions with positive dual weight (the balancing collection certifying
@@ -198,6 +273,10 @@ class LeastCoreResult:
         levels: nucleolus stage levels ``e_1 >= e_2 >= ...`` (nucleolus only).
         history: one :class:`RoundInfo` per round.
         timings: seconds spent in ``value`` calls, ``lp`` solves, ``separation`` and ``total``.
+        estimate: what unseen coalitions may still require of the payoff (approximate mode;
+            ``None`` when exact or when no probe could be paid for).
+        reused_values: values taken from ``known_values`` or the checkpoint file (counted in
+            the budget, not in ``value_calls``).
     """
 
     payoff: dict[Hashable, float]
@@ -217,21 +296,55 @@ class LeastCoreResult:
     levels: list[float] = field(default_factory=list)
     history: list[RoundInfo] = field(default_factory=list, repr=False)
     timings: dict[str, float] = field(default_factory=dict)
+    estimate: RequirementEstimate | None = None
+    reused_values: int = 0
+
+    @property
+    def certified(self) -> bool:
+        """Whether the payoff is certified optimal (every coalition's constraint was checked)."""
+        return self.exact
 
     @property
     def gap(self) -> float:
-        """``epsilon_upper - epsilon``: how far the certificate is from closing."""
+        """``epsilon_upper - epsilon`` over the evaluated coalitions only: unless ``certified``,
+        the payoff's true requirement may exceed ``epsilon_upper`` (see ``estimate``)."""
         return self.epsilon_upper - self.epsilon
 
     def summary(self, players: Sequence[Hashable] | None = None) -> str:
-        """A short human-readable report."""
-        lines = [
-            f"least core ({self.mode}, {self.status.value}): epsilon in "
-            f"[{self.epsilon:.6g}, {self.epsilon_upper:.6g}]"
-            + (" (certified optimal)" if self.exact else ""),
-            f"value calls {self.value_calls}, LP rounds {self.lp_rounds}, "
-            f"time {self.timings.get('total', float('nan')):.3f} s",
-        ]
+        """A short human-readable report.
+
+        A certified result states ``epsilon``; a partial one states the certified lower bound on
+        ``e*``, the payoff's requirement over the evaluated coalitions (a lower bound on its true
+        requirement) and the probe-based estimate for the unseen ones, labelled as an estimate.
+        """
+        calls = f"value calls {self.value_calls}"
+        if self.reused_values:
+            calls += f" (+{self.reused_values} reused)"
+        timing = (
+            f"{calls}, LP rounds {self.lp_rounds}, "
+            f"time {self.timings.get('total', float('nan')):.3f} s"
+        )
+        if self.exact:
+            lines = [
+                f"least core ({self.mode}, {self.status.value}): certified optimal, epsilon = "
+                f"{self.epsilon:.6g} (every coalition checked)",
+                timing,
+            ]
+        else:
+            seen = self.value_calls + self.reused_values
+            lines = [
+                f"least core ({self.mode}, {self.status.value}): NOT certified, an estimate",
+                f"  certified: e* >= {self.epsilon:.6g} (LP over the evaluated coalitions)",
+                f"  the payoff needs at least {self.epsilon_upper:.6g} (its largest excess over "
+                f"the {seen} evaluated coalitions; unseen coalitions may need more)",
+                "  "
+                + (
+                    self.estimate.describe()
+                    if self.estimate is not None
+                    else "no probe of unseen coalitions: their requirement is unknown"
+                ),
+                timing,
+            ]
         for label in players or list(self.payoff):
             lines.append(f"  {label!s:>16}: {self.payoff[label]:.6g}")
         return "\n".join(lines)

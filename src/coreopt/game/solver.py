@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
+import os
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
@@ -21,10 +23,16 @@ import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from coreopt.errors import BudgetExhaustedError
+from coreopt.game.checkpoint import (
+    Checkpoint,
+    PaidLedger,
+    attach_values,
+    game_identity,
+)
 from coreopt.game.coalitions import MAX_VECTOR_PLAYERS, Players, all_masks
-from coreopt.game.exact import apply_tie_break, build_result, make_lp, solve_table
-from coreopt.game.oracle import ValueFn, ValueOracle
-from coreopt.game.result import LeastCoreConfig, LeastCoreResult, RoundInfo
+from coreopt.game.exact import apply_tie_break, build_result, make_lp, solve_table, value_unit
+from coreopt.game.oracle import ValueFn, ValueOracle, VectorizedValue
+from coreopt.game.result import LeastCoreConfig, LeastCoreResult, RequirementEstimate, RoundInfo
 from coreopt.game.rows import ExplicitRows
 from coreopt.game.separation import (
     SurrogateFit,
@@ -50,6 +58,7 @@ def least_core(
     config: LeastCoreConfig | None = None,
     *,
     known_values: Mapping[Iterable[Hashable], float] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> LeastCoreResult:
     """Least-core payoff of the game ``value_fn`` over ``players``.
@@ -65,15 +74,31 @@ def least_core(
             calls fit (or ``n <= 10`` without a budget), else runs constraint generation.
         config: a :class:`LeastCoreConfig`; keyword ``overrides`` replace its fields.
         known_values: values already paid for, ``{coalition: value}`` (e.g. ``err.values`` of a
-            failed run); they are used without calling ``value_fn`` and not counted.
+            failed run); they are used without calling ``value_fn`` and count toward ``budget``
+            (a resumed run never pays more than ``budget`` in total).
+        checkpoint: a sqlite file where every value is saved as it is paid for (WAL mode, one
+            committed transaction per value or vectorized batch: a killed process loses at most
+            its calls in flight). A rerun with the same path pays only for coalitions not in the
+            file, and the file's values count toward ``budget``. The file stores the players and
+            the value function's name, and a file of another game is refused.
 
     Returns:
-        A :class:`LeastCoreResult`: ``payoff``, ``x``, the bounds ``epsilon`` (certified lower
-        bound on e*) and ``epsilon_upper`` (largest excess of the payoff over every coalition
-        evaluated), ``exact``, ``value_calls``, ``status`` and the per-round ``history``.
+        A :class:`LeastCoreResult`: ``payoff``, ``x``, ``epsilon`` (certified lower bound on
+        e*), ``epsilon_upper`` (largest excess of the payoff over every coalition evaluated),
+        ``estimate`` (probe-based, for the unseen coalitions), ``exact``/``certified``,
+        ``value_calls``, ``status`` and the per-round ``history``. Values are in the game's own
+        units: tolerances are relative to its largest ``|v|``, so any scale gives the same
+        answer, scaled. One player gets ``v(N)`` (no proper coalition: ``epsilon = -inf``, or
+        ``0`` with ``proper=False``).
 
     Raises:
-        ValueError: bad players/options, or a budget too small for ``v(N)`` and the singletons.
+        ValueError: bad players/options, a budget too small for ``v(N)`` and the singletons, a
+            non-finite value in ``known_values``, or a checkpoint file of another game.
+        TypeError: a non-int budget, a non-number value (strings are not coerced).
+        KeyboardInterrupt: re-raised with ``err.values`` (every value known); in the main
+            thread SIGTERM becomes :class:`~coreopt.game.checkpoint.SolveTerminated` (a
+            ``SystemExit``) with the same ``values``. Every other exception raised during the
+            solve also carries ``err.values``.
         ValueFunctionError: ``value_fn`` kept failing (retries exhausted); ``err.values`` keeps
             every value paid for.
         NonFiniteError: ``value_fn`` returned NaN or infinity.
@@ -89,7 +114,7 @@ def least_core(
         ({0: 0.5, 1: 0.5}, -0.5, True)
     """
     cfg = _merge_config(config, budget, overrides)
-    return _solve(value_fn, players, cfg, known_values, loop=None)
+    return _solve(value_fn, players, cfg, known_values, None, checkpoint)
 
 
 async def aleast_core(
@@ -99,16 +124,31 @@ async def aleast_core(
     config: LeastCoreConfig | None = None,
     *,
     known_values: Mapping[Iterable[Hashable], float] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> LeastCoreResult:
     """Async :func:`least_core`: ``await coreopt.aleast_core(...)`` inside a running event loop.
 
     The LP work runs in a worker thread; ``async`` value calls run on the caller's loop (so
-    clients bound to that loop keep working) and never block it.
+    clients bound to that loop keep working) and never block it. Cancelling the task (Ctrl-C
+    under ``asyncio.run`` does) stops further value calls and re-raises the
+    ``asyncio.CancelledError`` with ``err.values`` (under ``asyncio.run`` the
+    ``KeyboardInterrupt`` it then raises has that error as ``__context__``); with ``checkpoint=``
+    every value is on disk anyway.
     """
     cfg = _merge_config(config, budget, overrides)
     loop = asyncio.get_running_loop()
-    return await asyncio.to_thread(_solve, value_fn, players, cfg, known_values, loop)
+    box: dict[str, Any] = {}
+    try:
+        return await asyncio.to_thread(
+            _solve, value_fn, players, cfg, known_values, loop, checkpoint, box
+        )
+    except asyncio.CancelledError as exc:
+        ledger: PaidLedger | None = box.get("ledger")
+        if ledger is not None:
+            ledger.stop.set()
+            attach_values(exc, ledger.values(box.get("known")))
+        raise
 
 
 def _merge_config(
@@ -120,20 +160,95 @@ def _merge_config(
     return dataclasses.replace(config or LeastCoreConfig(), **overrides)
 
 
+def _check_known(
+    known_values: Mapping[Iterable[Hashable], float] | None, players: Players
+) -> dict[int, float]:
+    """``known_values`` keyed by mask, validated (the errors name ``known_values``)."""
+    if known_values is None:
+        return {}
+    if not isinstance(known_values, Mapping):
+        raise TypeError(
+            "known_values must be a mapping {coalition: value}, got "
+            f"{type(known_values).__name__}"
+        )
+    out: dict[int, float] = {}
+    for coalition, value in known_values.items():
+        where = f"known_values[{sorted(map(str, coalition))}]"
+        if isinstance(value, str | bytes | bool) or not isinstance(
+            value, int | float | np.integer | np.floating
+        ):
+            raise TypeError(f"{where} is {value!r}; expected a real number (not coerced)")
+        if not math.isfinite(float(value)):
+            raise ValueError(
+                f"{where} is {float(value)}: known_values must be finite (this value was not "
+                "computed by value_fn in this run)"
+            )
+        out[players.mask(coalition)] = float(value)
+    return out
+
+
 def _solve(
     value_fn: ValueFn,
     players_arg: int | Sequence[Hashable],
     cfg: LeastCoreConfig,
     known_values: Mapping[Iterable[Hashable], float] | None,
     loop: asyncio.AbstractEventLoop | None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    box: dict[str, Any] | None = None,
+) -> LeastCoreResult:
+    """Validate, open the checkpoint, and solve with every exit path keeping the paid values."""
+    players = Players(players_arg)
+    if players.n > MAX_VECTOR_PLAYERS:
+        raise ValueError(f"at most {MAX_VECTOR_PLAYERS} players are supported, got {players.n}")
+    if not callable(value_fn) and not isinstance(value_fn, VectorizedValue):
+        raise TypeError(f"value_fn must be callable, got {type(value_fn).__name__}")
+    known = _check_known(known_values, players)
+    store = None
+    if checkpoint is not None:
+        store = Checkpoint(checkpoint, players, game_identity(value_fn))
+        on_disk = store.load()
+        store.record([(m, v) for m, v in known.items() if m not in on_disk])
+        known = {**on_disk, **known}
+    ledger = PaidLedger(players, store)
+    known_labels = {players.coalition(m): v for m, v in known.items()}
+    if box is not None:
+        box["ledger"], box["known"] = ledger, known_labels
+    state: dict[str, Any] = {}
+    try:
+        with ledger.signals(lambda: _all_values(ledger, known_labels, state)):
+            res = _solve_known(ledger.wrap(value_fn), players, cfg, known, loop, state)
+    except BaseException as exc:
+        ledger.stop.set()  # queued calls give up instead of paying
+        attach_values(exc, _all_values(ledger, known_labels, state))
+        raise
+    if store is not None:
+        store.close()
+    return dataclasses.replace(res, reused_values=len(known))
+
+
+def _all_values(
+    ledger: PaidLedger, known: dict[frozenset[Hashable], float], state: dict[str, Any]
+) -> dict[frozenset[Hashable], float]:
+    """Every value known: before the solve, paid during it, and in the oracle's memo."""
+    oracle: ValueOracle | None = state.get("oracle")
+    memo = oracle.values if oracle is not None else {}
+    return {**known, **memo, **ledger.values()}
+
+
+def _solve_known(
+    value_fn: ValueFn,
+    players: Players,
+    cfg: LeastCoreConfig,
+    known: dict[int, float],
+    loop: asyncio.AbstractEventLoop | None,
+    state: dict[str, Any],
 ) -> LeastCoreResult:
     t0 = time.perf_counter()
-    players = Players(players_arg)
     n = players.n
-    if n > MAX_VECTOR_PLAYERS:
-        raise ValueError(f"at most {MAX_VECTOR_PLAYERS} players are supported, got {n}")
     grand = players.grand
-    needed_exact = (1 << n) - 1 + (1 if cfg.normalize else 0)
+    # values known beyond the ones exact mode needs (v(∅) when it is not used) still count
+    extra = 1 if (0 in known and not cfg.normalize) else 0
+    needed_exact = (1 << n) - 1 + (1 if cfg.normalize else 0) + extra
     minimum = 1 + n + (1 if cfg.normalize else 0)
     if cfg.budget is not None and cfg.budget < minimum and n > 1:
         raise ValueError(
@@ -153,13 +268,15 @@ def _solve(
     oracle = ValueOracle(
         value_fn,
         players,
-        budget=cfg.budget,
+        # values already known count toward the budget: a resumed run never pays more in total
+        budget=None if cfg.budget is None else max(cfg.budget - len(known), 0),
         retries=cfg.retries,
         retry_delay=cfg.retry_delay,
         max_concurrency=cfg.max_concurrency,
-        known_values=known_values,
         loop=loop,
     )
+    oracle.cache.update(known)
+    state["oracle"] = oracle
     if mode == "exact" or n == 1:
         return _exact(oracle, players, cfg, t0)
     return _approximate(oracle, players, cfg, t0, grand)
@@ -220,11 +337,19 @@ def _approximate(
     seeds += [players.mask(c) for c in cfg.seed_coalitions]
     seeds = [m for m in seeds if m not in (0, grand)]
     oracle.evaluate(seeds)
+    # calls kept for the audit of the returned payoff (fresh probes, never added to the LP)
+    reserve = 0
+    if cfg.budget is not None and oracle.budget is not None:
+        reserve = max(0, min(cfg.audit_probes, cfg.budget // 10, oracle.remaining or 0))
+        oracle.budget -= reserve
 
     offset = oracle.cache[0] if cfg.normalize else 0.0
+    # Scale invariance: the LP, the QP, the surrogate and every tolerance see v / unit (unit: the
+    # largest |v| seen while seeding); results are mapped back to the game's units at the end.
+    unit = value_unit([v - offset for v in oracle.cache.values()])
 
     def value(m: int) -> float:
-        return oracle.cache[m] - offset
+        return (oracle.cache[m] - offset) / unit
 
     lp = make_lp(
         n,
@@ -240,7 +365,7 @@ def _approximate(
         in_lp.update(new)
 
     sync_rows()
-    scale = max(1.0, max(abs(v) for v in oracle.cache.values()))
+    scale = max(1.0, max(abs(value(m)) for m in oracle.cache))
     tol = cfg.tol * scale
     history: list[RoundInfo] = []
     # out-of-sample estimate: the last round's fresh uniform probes, measured against the payoff
@@ -252,7 +377,7 @@ def _approximate(
     lp_rounds = 0
     t_lp = t_sep = 0.0
     status = Status.MAX_ITERATIONS
-    bar = tqdm(total=cfg.budget, desc="least core: value calls", disable=_disabled(cfg.progress))
+    bar = tqdm(total=oracle.budget, desc="least core: value calls", disable=_disabled(cfg.progress))
     bar.update(oracle.calls)
 
     slack = cfg.tie_slack * scale if cfg.tie_break else 0.0
@@ -329,10 +454,11 @@ def _approximate(
             bar.set_postfix(round=rnd, eps=f"{sol.epsilon:.5g}", violated=violated, refresh=False)
             clean = clean + 1 if violated == 0 and checked_all else 0
             if clean >= cfg.clean_rounds:
-                status = Status.CONVERGED
+                status = Status.ESTIMATED  # a sampling-based rule: certified only below
                 break
             if oracle.remaining == 0:
                 status = Status.BUDGET_EXHAUSTED
+        sync_rows()
         ts = time.perf_counter()
         sol = lp.solve()
         lp_rounds += 1
@@ -346,11 +472,33 @@ def _approximate(
     upper = float(excess.max())
     if not cfg.proper:
         upper = max(upper, 0.0)
+    # every proper coalition evaluated: the LP had every row, the answer is certified
+    certified = n <= MAX_VECTOR_PLAYERS and len(evaluated) == (1 << n) - 2
+    if certified:
+        status = Status.CONVERGED
     probe_excess = violation_rate = None
     if probe_stats is not None:
         ex, probe_level = probe_stats
         probe_excess = float(ex.max())
         violation_rate = _clopper_pearson_upper(int((ex > probe_level + tol).sum()), ex.size)
+    estimate = None
+    if not certified:
+        if oracle.budget is not None:
+            oracle.budget += reserve
+        estimate = _audit(oracle, rng, cfg, x, upper, tol, n, value)
+        if estimate is not None:
+            upper = max(upper, estimate.max_excess)
+        elif probe_stats is not None:
+            ex, probe_level = probe_stats
+            k = int((ex > probe_level + tol).sum())
+            estimate = RequirementEstimate(
+                probes=int(ex.size),
+                level=probe_level,
+                max_excess=float(ex.max()),
+                exceeding=k,
+                fraction_upper=_clopper_pearson_upper(k, ex.size),
+                of_returned_payoff=False,
+            )
     total = time.perf_counter() - t0
     logger.info(
         "least_core: %s after %d calls, eps in [%.6g, %.6g]",
@@ -364,7 +512,7 @@ def _approximate(
         x,
         sol,
         upper,
-        exact=False,
+        exact=certified,
         value_calls=oracle.calls,
         lp_rounds=lp_rounds,
         status=status,
@@ -374,7 +522,41 @@ def _approximate(
         history=history,
         timings={"value": oracle.seconds, "lp": t_lp, "separation": t_sep, "total": total},
         probe_excess=probe_excess,
-        violation_rate=violation_rate,
+        violation_rate=0.0 if certified else violation_rate,
+        unit=unit,
+        estimate=estimate,
+    )
+
+
+def _audit(
+    oracle: ValueOracle,
+    rng: np.random.Generator,
+    cfg: LeastCoreConfig,
+    x: npt.NDArray[np.float64],
+    level: float,
+    tol: float,
+    n: int,
+    value: Callable[[int], float],
+) -> RequirementEstimate | None:
+    """Evaluate up to ``cfg.audit_probes`` fresh uniform coalitions against the returned payoff
+    ``x`` and estimate how often unseen coalitions exceed ``level`` (solver units)."""
+    k = cfg.audit_probes if oracle.remaining is None else min(cfg.audit_probes, oracle.remaining)
+    if k <= 0:
+        return None
+    draws = random_masks(rng, n, 4 * k)
+    fresh = [m for m in dict.fromkeys(int(m) for m in draws) if m not in oracle][:k]
+    oracle.evaluate(fresh)
+    got = [m for m in fresh if m in oracle]
+    if not got:
+        return None
+    ex = np.array([value(m) for m in got]) - _coalition_sums(x, got, n)
+    exceeding = int((ex > level + tol).sum())
+    return RequirementEstimate(
+        probes=len(got),
+        level=level,
+        max_excess=float(ex.max()),
+        exceeding=exceeding,
+        fraction_upper=_clopper_pearson_upper(exceeding, len(got)),
     )
 
 
