@@ -15,7 +15,8 @@ s/run column. Cases:
    width 64, d_state 16, Adam lr 3e-3, batch 64, 400 steps. Rows: mamba-ssm default init,
    mimetic SSM.
 3. ``attention`` — **causal attention on MQAR** (same task, 2-layer Transformer): default, full
-   mimetic, V·O only (the ``"language"`` preset) — the caution recorded in papers.md §4.
+   mimetic, V·O only (the ``"language"`` preset) — the caution of an earlier reproduction
+   (full recipe hurting on causal MQAR), which is not in Trockman & Kolter (ICML 2023).
 4. ``convmixer`` — **ConvMixer on digits** (ConvMixer-64/4, kernel 5, patch 1, AdamW lr 5e-3
    one-cycle, batch 128, 300 steps): default vs covariance init of the depthwise filters,
    trained, and with the depthwise filters frozen at init.

@@ -37,3 +37,12 @@ def test_lazy_attributes_resolve_and_unknown_ones_raise() -> None:
     assert "minimize" in dir(coreopt)
     with pytest.raises(AttributeError, match="no_such_thing"):
         coreopt.no_such_thing  # noqa: B018
+
+
+def test_every_subpackage_is_a_lazy_attribute() -> None:
+    out = run(
+        "import sys, coreopt\n"
+        "names = ['quant', 'llm', 'credit', 'game', 'init', 'sampling', 'manifold', 'parallel']\n"
+        "print([n for n in names if getattr(coreopt, n).__name__ != 'coreopt.' + n])"
+    )
+    assert out == "[]"

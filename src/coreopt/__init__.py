@@ -8,11 +8,15 @@ Public entry points (one per solver)::
     coreopt.minimize(objective, params, ...)     # the shared objective layer
     coreopt.resolve_device(...)                  # CUDA when present, CPU otherwise
     coreopt.cayley(A), coreopt.skew(W)           # orthogonal parametrization (manifold)
+    coreopt.orthogonal(module, "weight")         # orthogonal parametrization of a weight
+    coreopt.CayleyConv2d(64, 64, 3)              # exactly orthogonal convolution
+    coreopt.least_core(value_fn, players, budget=500)  # least-core credit assignment
     coreopt.quantize(model, bits=3)              # calibration-free weight quantization
+    coreopt.init.apply(model, recipe="mimetic")  # initialization recipes
     coreopt.sampling.AntidistillationLogitsProcessor(proxy, g, lam=0.1)  # antidistillation
 
-Planned (see README): ``coreopt.least_core``, ``coreopt.orthogonal``,
-``coreopt.init``.
+Subpackages (each loaded on first attribute access): ``objective``, ``manifold``, ``game``,
+``llm``, ``credit``, ``quant``, ``init``, ``sampling``, ``parallel``, ``models``.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ _SUBMODULES = {
     "init",
     "credit",
     "sampling",
+    "quant",
+    "llm",
 }
 
 __all__ = ["__version__", *sorted(_LAZY_ATTRS), *sorted(_SUBMODULES)]
@@ -81,7 +87,20 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for static analysers only
-    from coreopt import errors, manifold, objective, parallel, sampling, status
+    from coreopt import (
+        credit,
+        errors,
+        game,
+        init,
+        llm,
+        manifold,
+        models,
+        objective,
+        parallel,
+        quant,
+        sampling,
+        status,
+    )
     from coreopt.manifold import cayley, skew
     from coreopt.objective import (
         MinimizeConfig,

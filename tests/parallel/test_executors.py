@@ -104,3 +104,27 @@ def test_ray_executor_runs_tasks_in_other_processes() -> None:
             parallel_map(fail, [1], executor="ray", progress=False)
     finally:
         ray.shutdown()
+
+
+def test_a_stray_ray_folder_is_not_taken_for_ray(tmp_path, monkeypatch) -> None:
+    # What `import ray` gives when Ray is not installed and the working directory holds a `ray`
+    # folder without __init__.py (e.g. Ray's temporary folder): an empty namespace package.
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    from coreopt.errors import BackendNotInstalledError
+
+    (tmp_path / "ray").mkdir()
+    spec = importlib.machinery.PathFinder.find_spec("ray", [str(tmp_path)])
+    assert spec is not None
+    assert spec.origin is None  # a namespace package
+    stray = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "ray", stray)
+    with pytest.raises(BackendNotInstalledError, match="coreopt\\[ray\\]") as info:
+        parallel_map(lambda x: x, [1], executor="ray", progress=False)
+    assert "namespace package" in str(info.value.__cause__)
+    # Nothing importable at all: the same error.
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(BackendNotInstalledError), get_executor("ray"):
+        pass

@@ -37,7 +37,8 @@ DEFAULT_CONFIGS: dict[str, Any] = {
 PRESETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "mimetic": (("attention", "mlp", "ssm"), {}),
     "vision": (("attention", "mlp", "ssm"), {}),
-    # Causal language models: an earlier reproduction (papers.md §4) found the Q·K ≈ I half
+    # Causal language models: an earlier reproduction (a 2-layer causal
+    # attention model on multi-query associative recall, not in the paper) found the Q·K ≈ I half
     # harmful on causal MQAR and V·O ≈ -I alone helpful, so this preset keeps only V·O. NOTE:
     # benchmarks/init.py did not reproduce that (full recipe 100 %, V·O only 72 ± 46 %, see
     # benchmarks/RESULTS.md); measure both on the task at hand.

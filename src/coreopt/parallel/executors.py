@@ -14,7 +14,6 @@ Every entry point accepts an ``executor`` argument:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed
@@ -30,6 +29,26 @@ R = TypeVar("R")
 
 ExecutorSpec = str | Executor | None
 """``None`` or ``"threads"`` (in-process threads), ``"ray"``, or a ready ``Executor``."""
+
+
+def _import_ray() -> Any:
+    """Import Ray, or raise :class:`BackendNotInstalledError` when it is not really installed.
+
+    Detection is by importing it and checking what came back: a folder named ``ray`` without an
+    ``__init__.py`` in the working directory (such as Ray's own temporary folder) imports as an
+    empty namespace package when Ray is not installed, which ``find_spec`` reports as found.
+    """
+    try:
+        import ray
+    except ImportError as exc:
+        raise BackendNotInstalledError("ray", "ray") from exc
+    if getattr(ray, "__file__", None) is None or not hasattr(ray, "remote"):
+        locations = list(getattr(ray, "__path__", []))
+        raise BackendNotInstalledError("ray", "ray") from ImportError(
+            f"'import ray' found a namespace package at {locations} (a stray 'ray' folder), "
+            "not the Ray library"
+        )
+    return ray
 
 
 class RayExecutor(Executor):
@@ -61,10 +80,7 @@ class RayExecutor(Executor):
         address: str | None = None,
         **init_kwargs: Any,
     ) -> None:
-        if importlib.util.find_spec("ray") is None:
-            raise BackendNotInstalledError("ray", "ray")
-        import ray
-
+        ray = _import_ray()
         self._ray = ray
         self._started_ray = False
         if not ray.is_initialized():

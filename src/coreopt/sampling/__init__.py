@@ -1,6 +1,6 @@
 """Antidistillation: sampling that poisons distillation, and fingerprints that survive it.
 
-Both methods put a *proxy student* inside the teacher's sampling loop (papers.md §6):
+Both methods put a *proxy student* inside the teacher's sampling loop:
 
 * **Antidistillation sampling** (Savani, Trockman et al., NeurIPS 2025):
   :func:`downstream_gradient` computes once the gradient ``g`` of the proxy's loss on held-out
