@@ -1,6 +1,18 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 (stdlib), with scripted answers, injected
 429/500 errors and delays, so the real ``openai`` client path is exercised without a network.
 
+It also misbehaves on demand, as real servers do: log-probabilities shifted by one token
+(``score_mode="shift_next"``/``"shift_prev"``), nulls (``"null"``), ``echo`` ignored
+(``"no_echo"``), raw bodies such as truncated JSON or an HTML page with status 200 (``raw``), 429
+storms with a ``Retry-After`` header (``fail`` + ``retry_after``), a slow server with one slot
+(``slots=1`` + ``delay``), and ``/models`` descriptions (``models``) so that two URLs can serve one
+model name with different weights.
+
+Its completions endpoint is a word-level "language model": each whitespace-separated word is a
+token; in a prompt asking to "Continue the count", a number continuing the count gets -0.05, any
+other number -6 and a word starting with "Zebra" -12; other words get ``-0.5 / (1 + k)`` with ``k``
+the ``[n]`` source lines in the prompt (more sources, likelier answer).
+
 Tests use the ``fake_server`` fixture; ``python tests/_fake_llm_server.py --delay 0.05`` runs it in
 a process of its own (as ``benchmarks/llm_calls.py`` does), prints its URL and serves until its
 standard input closes.
@@ -35,6 +47,32 @@ def default_answer(messages: list[dict[str, str]]) -> str:
     return f"answer citing {k} sources"
 
 
+COUNT_PROMPT = "Continue the count"
+
+
+def word_logprobs(text: str) -> tuple[list[int], list[float | None]]:
+    """Offsets of the words of ``text`` and their true log-probabilities (``None`` for the first,
+    which has no context)."""
+    offsets = [m.start() for m in re.finditer(r"\S+", text)]
+    k = len(re.findall(r"^\[\d+\]", text, flags=re.M))
+    values: list[float | None] = []
+    for i, off in enumerate(offsets):
+        if i == 0:
+            values.append(None)
+            continue
+        end = offsets[i + 1] if i + 1 < len(offsets) else len(text)
+        word = text[off:end].strip().strip(",.")
+        prefix = text[:off]
+        if COUNT_PROMPT in prefix and word.isdigit():
+            numbers = re.findall(r"\d+", prefix)
+            values.append(-0.05 if numbers and int(word) == int(numbers[-1]) + 1 else -6.0)
+        elif COUNT_PROMPT in prefix and word.startswith("Zebra"):
+            values.append(-12.0)
+        else:
+            values.append(-0.5 / (1 + k))
+    return offsets, values
+
+
 @dataclass
 class FakeServer:
     """State of the fake server; tests script it and read its counters."""
@@ -44,6 +82,12 @@ class FakeServer:
     prompt_tokens: int = 10  # usage reported by chat completions
     completion_tokens: int = 5
     fail: list[int] = field(default_factory=list)  # status codes returned by the next requests
+    retry_after: str | None = None  # Retry-After header of a 429 (default: retry-after-ms 10)
+    raw: list[tuple[int, str, bytes]] = field(default_factory=list)  # next bodies, sent as they are
+    score_mode: str = "aligned"  # aligned, shift_next, shift_prev, null, no_echo, no_logprobs
+    slots: int | None = None  # requests processed at once (the others wait their turn)
+    models: list[dict[str, Any]] | None = None  # GET /models entries (None: 404)
+    model_requests: int = 0
     requests: int = 0
     chat_requests: int = 0
     in_flight: int = 0
@@ -51,6 +95,52 @@ class FakeServer:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
+    _slots: threading.Semaphore | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.slots is not None:
+            self._slots = threading.Semaphore(self.slots)
+
+    def completion(self, prompt: str, model: str) -> dict[str, Any]:
+        """The echo answer for ``prompt`` (with one generated word), misbehaving as scripted."""
+        offsets, true = word_logprobs(prompt)
+        generated = " ok"
+        text = prompt + generated
+        offsets = [*offsets, len(prompt)]
+        true = [*true, -0.1]
+        if self.score_mode == "shift_next":  # each token reports the next one's value
+            values = [*true[1:], -1.0]
+        elif self.score_mode == "shift_prev":  # each token reports the previous one's value
+            values = [None, *true[:-1]]
+        elif self.score_mode == "null":
+            values = [None] * len(true)
+        else:
+            values = list(true)
+        if self.score_mode == "no_echo":  # only the generated token, as llama-server does
+            text, offsets, values = generated, [0], [-0.1]
+        ends = [*offsets[1:], len(text)]
+        logprobs: dict[str, Any] | None = {
+            "tokens": [text[a:b] for a, b in zip(offsets, ends, strict=True)],
+            "token_logprobs": values,
+            "top_logprobs": None,
+            "text_offset": offsets,
+        }
+        if self.score_mode == "no_logprobs":
+            logprobs = None
+        return {
+            "id": "cmpl-test",
+            "object": "text_completion",
+            "created": 0,
+            "model": model,
+            "choices": [
+                {"index": 0, "text": text, "finish_reason": "length", "logprobs": logprobs}
+            ],
+            "usage": {
+                "prompt_tokens": len(offsets) - 1,
+                "completion_tokens": 1,
+                "total_tokens": len(offsets),
+            },
+        }
 
     def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         with self.lock:
@@ -59,6 +149,8 @@ class FakeServer:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.bodies.append(body)
             status = self.fail.pop(0) if self.fail else 200
+        if self._slots is not None:
+            self._slots.acquire()
         try:
             if self.delay:
                 time.sleep(self.delay)
@@ -86,38 +178,12 @@ class FakeServer:
                         "total_tokens": self.prompt_tokens + self.completion_tokens,
                     },
                 }
-            if path.endswith("/completions"):  # echo scoring: -0.5 per word of the continuation
-                prompt = body["prompt"]
-                words = re.finditer(r"\S+", prompt)
-                offsets = [m.start() for m in words]
-                k = len(re.findall(r"^\[\d+\]", prompt, flags=re.M))
-                lps = [-0.5 / (1 + k) for _ in offsets]
-                return 200, {
-                    "id": "cmpl-test",
-                    "object": "text_completion",
-                    "created": 0,
-                    "model": body["model"],
-                    "choices": [
-                        {
-                            "index": 0,
-                            "text": prompt,
-                            "finish_reason": "length",
-                            "logprobs": {
-                                "tokens": [prompt[o : o + 1] for o in offsets],
-                                "token_logprobs": lps,
-                                "top_logprobs": None,
-                                "text_offset": offsets,
-                            },
-                        }
-                    ],
-                    "usage": {
-                        "prompt_tokens": len(offsets),
-                        "completion_tokens": 1,
-                        "total_tokens": len(offsets) + 1,
-                    },
-                }
+            if path.endswith("/completions"):  # echo scoring, word by word
+                return 200, self.completion(body["prompt"], body["model"])
             return 404, {"error": {"message": f"no route {path}"}}
         finally:
+            if self._slots is not None:
+                self._slots.release()
             with self.lock:
                 self.in_flight -= 1
 
@@ -134,15 +200,39 @@ def serve(state: FakeServer | None = None) -> Iterator[FakeServer]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
+            with state.lock:
+                raw = state.raw.pop(0) if state.raw else None
+            if raw is not None:
+                with state.lock:
+                    state.requests += 1
+                self._send(raw[0], raw[1], raw[2])
+                return
             status, payload = state.handle(self.path, body)
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if status == 429:
-                self.send_header("retry-after-ms", "10")
-            self.end_headers()
-            self.wfile.write(data)
+            self._send(status, "application/json", json.dumps(payload).encode())
+
+        def do_GET(self) -> None:
+            with state.lock:
+                state.model_requests += 1
+            if self.path.endswith("/models") and state.models is not None:
+                data = {"object": "list", "data": state.models}
+                self._send(200, "application/json", json.dumps(data).encode())
+            else:
+                self._send(404, "application/json", b'{"error": {"message": "no route"}}')
+
+        def _send(self, status: int, content_type: str, data: bytes) -> None:
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                if status == 429:
+                    if state.retry_after is None:
+                        self.send_header("retry-after-ms", "10")
+                    else:
+                        self.send_header("retry-after", state.retry_after)
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+                pass
 
         def log_message(self, *args: Any) -> None:
             pass

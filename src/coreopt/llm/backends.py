@@ -12,22 +12,32 @@ import asyncio
 import contextlib
 import importlib.util
 import inspect
-import math
+import json
+import logging
 import os
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from coreopt.errors import BackendNotInstalledError
+from coreopt.llm.cache import text_hash
+from coreopt.llm.echo import EchoScores, continuation_scores
+from coreopt.llm.prompt import chat_renderer, describe
 from coreopt.llm.types import (
     Completion,
     Decoding,
+    MalformedResponseError,
     Prompt,
     UnsupportedOperationError,
     as_messages,
     as_text,
     is_transient_http,
 )
+
+logger = logging.getLogger("coreopt.llm")
+
+DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+"""The openai SDK's server when no base URL is given."""
 
 
 class _PerLoop:
@@ -108,18 +118,34 @@ class OpenAIBackend(_SDKBackend):
         base_url: server URL such as ``http://127.0.0.1:8000/v1`` (default
             ``$COREOPT_LLM_BASE_URL``, else the SDK's default).
         api_key: key (default ``$OPENAI_API_KEY``; local servers get a placeholder).
-        max_retries: the SDK's own retries of 408/409/429/5xx and connection errors (with its
-            exponential backoff; the shared :class:`~coreopt.llm.LLM` wrapper adds none on top).
-        timeout: seconds per request.
+        max_retries: the SDK's own retries, ``0`` by default: the :class:`~coreopt.llm.LLM`
+            wrapper retries (``LLM(retries=...)``, honouring ``Retry-After``) and counts every
+            HTTP attempt in its usage and budget. A value above 0 lets the SDK retry inside one
+            counted call (its attempts are then not counted).
+        timeout: seconds per HTTP request (an adaptive concurrency limit in
+            :class:`~coreopt.llm.LLM` keeps answers well within it).
         logprobs: ask for the log-probabilities of generated tokens.
+        chat_template: how :meth:`score` renders a chat prompt as text (see below):
+            ``"chatml"`` (default), ``"plain"``, ``"hf:PATH"`` or a function ``prompt -> text``.
         **client_kwargs: passed to ``openai.AsyncOpenAI``.
 
-    :meth:`score` uses the completions endpoint with ``echo=True`` (vLLM and llama.cpp serve it);
-    servers without it raise :class:`~coreopt.llm.UnsupportedOperationError`.
+    :meth:`score` uses the completions endpoint with ``echo=True`` (vLLM and llama-cpp-python
+    serve it); servers without it raise :class:`~coreopt.llm.UnsupportedOperationError`. That
+    endpoint takes raw text, so the chat prompt is rendered here with ``chat_template``: ChatML
+    by default, the template of the embedded SmolLM2 (and of Qwen2/2.5), so the server and the
+    embedded model value a coalition with the same prompt; pass ``"hf:PATH"`` (the model's
+    tokenizer folder) for a model with another template. The answer is checked (see
+    :func:`~coreopt.llm.echo.continuation_scores`): log-probabilities that do not cover the
+    continuation raise :class:`~coreopt.llm.BadScoresError`, and a 200 answer that is not a
+    completion (truncated JSON, HTML) raises :class:`~coreopt.llm.MalformedResponseError`
+    (retried).
+
+    Cache keys carry the server's :attr:`identity`: its base URL and, where ``/models``
+    describes the model, a fingerprint of that description (see :meth:`afingerprint`).
     """
 
     name = "openai"
-    sdk_retries = True
+    verify_scores = True  # a server's log-probabilities are self-tested before a logprob solve
     _sdk = "openai"
 
     def __init__(
@@ -128,9 +154,10 @@ class OpenAIBackend(_SDKBackend):
         *,
         base_url: str | None = None,
         api_key: str | None = None,
-        max_retries: int = 3,
+        max_retries: int = 0,
         timeout: float = 60.0,
         logprobs: bool = False,
+        chat_template: str | Callable[[Prompt], str] = "chatml",
         **client_kwargs: Any,
     ) -> None:
         self.model = self._sdk_model(model)
@@ -140,11 +167,49 @@ class OpenAIBackend(_SDKBackend):
                 "no API key: pass api_key=..., set OPENAI_API_KEY, or point base_url / "
                 "COREOPT_LLM_BASE_URL at a local server"
             )
+        if not (isinstance(timeout, int | float) and timeout > 0):
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
         self.logprobs = logprobs
         self.max_retries = max_retries
+        self.timeout = float(timeout)
+        self.template_name, self.render = chat_renderer(chat_template)
+        self._chat_template = chat_template
+        self.fingerprint: str | None = None
         self._api_key = api_key  # an explicit key travels with a pickled copy; else $OPENAI_API_KEY
         self._client_kwargs = {"max_retries": max_retries, "timeout": timeout, **client_kwargs}
         self._clients = _PerLoop(self._make_client)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("render", None)  # rebuilt from the template's name (a tokenizer may not pickle)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.template_name, self.render = chat_renderer(self._chat_template)
+
+    @property
+    def sdk_retries(self) -> bool:
+        """Whether the SDK retries by itself (then the wrapper does not retry on top)."""
+        return self.max_retries > 0
+
+    @property
+    def server(self) -> str:
+        """The base URL (the SDK's default when none was given)."""
+        return (self.base_url or DEFAULT_OPENAI_URL).rstrip("/")
+
+    @property
+    def identity(self) -> str:
+        """Who answers, for cache keys: ``openai@URL`` plus ``#fingerprint`` when known."""
+        fp = f"#{self.fingerprint}" if self.fingerprint else ""
+        return f"openai@{self.server}{fp}"
+
+    @property
+    def score_format(self) -> str:
+        """How scoring prompts are rendered (part of the score cache keys)."""
+        return f"echo/{self.template_name}"
 
     def _make_client(self) -> Any:
         import openai
@@ -158,6 +223,45 @@ class OpenAIBackend(_SDKBackend):
         model, url = getattr(self, "model", None), getattr(self, "base_url", None)
         return f"OpenAIBackend(model={model!r}, base_url={url!r})"
 
+    def is_transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, MalformedResponseError) or super().is_transient(exc)
+
+    async def afingerprint(self) -> str | None:
+        """A fingerprint of the served weights, where the server's ``/models`` describes the
+        model (its entry with the model's name, or the only entry: llama.cpp servers list their
+        GGUF file and its size, vLLM its weights' path); ``None`` when it describes none. One
+        request, made once (cache keys then carry it); not retried."""
+        try:
+            page = await self._clients.get().models.list()
+            entries = [e.model_dump() if hasattr(e, "model_dump") else dict(e) for e in page.data]
+        except Exception as exc:  # no /models: keys carry the URL and model name only
+            logger.debug("%s: no model description from /models (%s)", self.server, exc)
+            return None
+        chosen = [e for e in entries if e.get("id") == self.model] or (
+            entries if len(entries) == 1 else []
+        )
+        if not chosen:
+            return None
+        desc = {k: v for k, v in chosen[0].items() if k not in ("created", "object")}
+        self.fingerprint = text_hash(json.dumps(desc, sort_keys=True, default=str))
+        return self.fingerprint
+
+    async def _create(self, endpoint: Any, **kw: Any) -> Any:
+        """One request; a 200 answer that is not a completion raises MalformedResponseError."""
+        try:
+            resp = await endpoint.create(model=self.model, **kw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MalformedResponseError(
+                f"{self.server} answered with a malformed body (not valid JSON: {exc})"
+            ) from exc
+        choices = getattr(resp, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise MalformedResponseError(
+                f"{self.server} answered 200 with something that is not a completion: "
+                f"{describe(resp)}"
+            )
+        return resp
+
     async def generate(self, prompt: Prompt, decoding: Decoding) -> Completion:
         extra: dict[str, Any] = {}
         if decoding.seed is not None:
@@ -166,8 +270,8 @@ class OpenAIBackend(_SDKBackend):
             extra["stop"] = list(decoding.stop)
         if self.logprobs:
             extra["logprobs"] = True
-        resp = await self._clients.get().chat.completions.create(
-            model=self.model,
+        resp = await self._create(
+            self._clients.get().chat.completions,
             messages=as_messages(prompt),
             max_tokens=decoding.max_tokens,
             temperature=decoding.temperature,
@@ -175,26 +279,33 @@ class OpenAIBackend(_SDKBackend):
             **extra,
         )
         choice = resp.choices[0]
+        message = getattr(choice, "message", None)
+        if message is None:
+            raise MalformedResponseError(
+                f"{self.server} answered a chat completion without a message: {describe(resp)}"
+            )
         logprob = None
         content = getattr(getattr(choice, "logprobs", None), "content", None)
         if content:
             logprob = float(sum(t.logprob for t in content))
         usage = resp.usage
         return Completion(
-            text=choice.message.content or "",
+            text=message.content or "",
             logprob=logprob,
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         )
 
-    async def score(self, prompt: Prompt, continuation: str) -> Completion:
+    async def score_tokens(self, prompt: Prompt, continuation: str) -> tuple[EchoScores, Any]:
+        """The checked per-token echo answer for ``continuation`` after ``prompt`` (rendered
+        with the chat template), and the server's usage report."""
         import openai
 
-        text = as_text(prompt) + "\n"
+        sent = self.render(prompt) + continuation
         try:
-            resp = await self._clients.get().completions.create(
-                model=self.model,
-                prompt=text + continuation,
+            resp = await self._create(
+                self._clients.get().completions,
+                prompt=sent,
                 max_tokens=1,
                 echo=True,
                 logprobs=0,
@@ -202,25 +313,30 @@ class OpenAIBackend(_SDKBackend):
             )
         except openai.NotFoundError as exc:
             raise UnsupportedOperationError(
-                f"{self.base_url or 'this server'} has no /completions endpoint with echo to "
-                "score log-probabilities; use a judge instead"
+                f"{self.server} has no /completions endpoint with echo to score "
+                "log-probabilities; score with a judge instead (--scoring judge)"
             ) from exc
-        lp = resp.choices[0].logprobs
-        if lp is None or lp.token_logprobs is None or lp.text_offset is None:
-            raise UnsupportedOperationError("the server returned no prompt log-probabilities")
-        start = len(text)
-        end = len(text) + len(continuation)
-        total, count = 0.0, 0
-        for off, value in zip(lp.text_offset, lp.token_logprobs, strict=False):
-            if start <= off < end and value is not None and math.isfinite(value):
-                total += float(value)
-                count += 1
-        usage = resp.usage
+        choice = resp.choices[0]
+        lp = getattr(choice, "logprobs", None)
+        scores = continuation_scores(
+            sent,
+            continuation,
+            getattr(choice, "text", None),
+            getattr(lp, "text_offset", None),
+            getattr(lp, "token_logprobs", None),
+            getattr(lp, "tokens", None),
+            server=f"the server at {self.server} (model {self.model})",
+        )
+        return scores, resp.usage
+
+    async def score(self, prompt: Prompt, continuation: str) -> Completion:
+        scores, usage = await self.score_tokens(prompt, continuation)
+        count = scores.count
         billed_prompt = int(getattr(usage, "prompt_tokens", 0) or 0)  # includes the continuation
         billed_new = int(getattr(usage, "completion_tokens", 0) or 0)  # the one echo token
         return Completion(  # totals what was billed: the continuation is counted once
             text=continuation,
-            logprob=total,
+            logprob=scores.logprob,
             prompt_tokens=max(billed_prompt - count, 0),
             completion_tokens=min(count, billed_prompt) + billed_new,
         )
@@ -233,15 +349,15 @@ class AnthropicBackend(_SDKBackend):
         model: model name (default ``$COREOPT_LLM_MODEL``).
         api_key: default ``$ANTHROPIC_API_KEY`` (read by the SDK).
         base_url: optional proxy URL.
-        max_retries: the SDK's retries of 408/409/429/5xx.
-        system: optional system prompt.
+        max_retries: the SDK's own retries, ``0`` by default (the :class:`~coreopt.llm.LLM`
+            wrapper retries and counts every HTTP attempt).
+        timeout: seconds per HTTP request.
 
     Anthropic gives no log-probabilities: :meth:`score` raises
     :class:`~coreopt.llm.UnsupportedOperationError` (score with a judge instead).
     """
 
     name = "anthropic"
-    sdk_retries = True
     _sdk = "anthropic"
 
     def __init__(
@@ -250,11 +366,14 @@ class AnthropicBackend(_SDKBackend):
         *,
         api_key: str | None = None,
         base_url: str | None = None,
-        max_retries: int = 3,
+        max_retries: int = 0,
         timeout: float = 60.0,
         **client_kwargs: Any,
     ) -> None:
         self.model = self._sdk_model(model)
+        self.max_retries = max_retries
+        self.timeout = float(timeout)
+        self.base_url = base_url
         self._client_kwargs = {
             "api_key": api_key,  # None: $ANTHROPIC_API_KEY, read by the SDK where it runs
             "base_url": base_url,
@@ -271,6 +390,16 @@ class AnthropicBackend(_SDKBackend):
 
     def __repr__(self) -> str:
         return f"AnthropicBackend(model={getattr(self, 'model', None)!r})"
+
+    @property
+    def sdk_retries(self) -> bool:
+        """Whether the SDK retries by itself (then the wrapper does not retry on top)."""
+        return self.max_retries > 0
+
+    @property
+    def identity(self) -> str:
+        """Who answers, for cache keys (``anthropic`` or ``anthropic@URL`` for a proxy)."""
+        return f"anthropic@{self.base_url.rstrip('/')}" if self.base_url else "anthropic"
 
     async def generate(self, prompt: Prompt, decoding: Decoding) -> Completion:
         messages = as_messages(prompt)

@@ -1,8 +1,14 @@
 """Persistent sqlite cache of LLM calls (WAL journal: concurrent readers, crash-safe writes).
 
-Each row is one paid call, keyed by (backend, model, prompt-template hash, sorted coalition,
+Each row is one paid call, keyed by (who answered, model, prompt-template hash, sorted coalition,
 decoding parameters, kind, sample index). Rows are committed as soon as the call returns, so a run
-killed midway resumes without paying again for anything it finished.
+killed midway resumes without paying again for anything it finished. "Who answered" is the
+backend's identity: for a server its base URL and, where ``/models`` reports one, a fingerprint of
+the served model (``openai@http://127.0.0.1:8080/v1#3f2a...``); for local backends their kind
+(``transformers``, ``callable``). Files written before server identities were added stay readable:
+their server rows (keyed ``openai``) are simply never matched again, so those calls are paid once
+more rather than reused from an unknown server. A table ``verified`` remembers passed self-tests
+(:mod:`coreopt.llm.selftest`).
 """
 
 from __future__ import annotations
@@ -54,7 +60,8 @@ class CacheKey:
     """Everything that determines an LLM call's result.
 
     Attributes:
-        backend: backend kind (``"openai"``, ``"transformers"``, ...).
+        backend: who answered: the backend's identity (``"openai@URL#fingerprint"``,
+            ``"transformers"``, ...).
         model: model identifier.
         template: hash of the prompt template and its fixed inputs (query, source texts, scoring).
         coalition: sorted JSON list of the labels in context (``"[]"`` outside games).
@@ -94,7 +101,8 @@ CREATE TABLE IF NOT EXISTS calls (
     backend TEXT, model TEXT, template TEXT, coalition TEXT, params TEXT, kind TEXT,
     sample INTEGER, text TEXT, logprob REAL, prompt_tokens INTEGER, completion_tokens INTEGER,
     meta TEXT, created REAL
-)
+);
+CREATE TABLE IF NOT EXISTS verified (test TEXT PRIMARY KEY, detail TEXT, created REAL)
 """
 
 
@@ -117,7 +125,7 @@ class SQLiteCache:
             if self.path != ":memory:":
                 self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(_SCHEMA)
+            self._conn.executescript(_SCHEMA)
             self._conn.commit()
 
     def __repr__(self) -> str:
@@ -162,6 +170,20 @@ class SQLiteCache:
                     json.dumps(value.meta) if value.meta else None,
                     time.time(),
                 ),
+            )
+            self._conn.commit()
+
+    def verified(self, test: str) -> bool:
+        """Whether a passed self-test ``test`` (see :mod:`coreopt.llm.selftest`) is remembered."""
+        with self._lock:
+            row = self._conn.execute("SELECT 1 FROM verified WHERE test = ?", (test,)).fetchone()
+        return row is not None
+
+    def remember_verified(self, test: str, detail: str = "") -> None:
+        """Remember that the self-test ``test`` passed."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO verified VALUES (?, ?, ?)", (test, detail, time.time())
             )
             self._conn.commit()
 

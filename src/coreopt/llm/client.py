@@ -1,5 +1,7 @@
-"""The shared wrapper around every backend: concurrency limit, retries, sqlite cache, merging of
-identical in-flight calls, call and token budgets (with token reservations).
+"""The shared wrapper around every backend: concurrency limit (adaptive for servers), retries
+counted as HTTP attempts, sqlite cache keyed by the server's identity, merging of identical
+in-flight calls, call and token budgets (with token reservations), and the check that scores are
+real log-probabilities before they are cached.
 
 An :class:`LLM` may be used from several threads and event loops at once (a thread pool of
 queries, Jupyter's loop and a helper thread): its concurrency limit, in-flight merging, cache and
@@ -7,331 +9,71 @@ budget are shared by all of them. It can also be pickled (Ray tasks, process poo
 rebuilds its backend in the worker, reopens the same sqlite cache file (WAL: safe across
 processes) and, when it has a budget, shares that budget with every other copy through a ledger
 table in a sqlite file (see :meth:`LLM.share_budget`).
+
+The parts live in their own modules: :mod:`coreopt.llm.budget` (:class:`Budget`, :class:`Usage`),
+:mod:`coreopt.llm.ledger` (where budgets are counted), :mod:`coreopt.llm.limiter` (calls in
+flight), :mod:`coreopt.llm.retry` (backoff, ``Retry-After``), :mod:`coreopt.llm.stats`
+(:func:`mean_and_stderr`) and :mod:`coreopt.llm.selftest` (the check of a server's
+log-probabilities); their names stay importable from here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import math
 import os
-import random
-import sqlite3
 import tempfile
 import threading
 import time
 import uuid
 import weakref
-from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
 from coreopt.errors import BudgetExhaustedError
+from coreopt.llm.budget import TEMPLATE_BASE_TOKENS, TEMPLATE_MESSAGE_TOKENS, Budget, Usage
 from coreopt.llm.cache import CacheKey, SQLiteCache, coalition_key, text_hash
-from coreopt.llm.types import Backend, Completion, Decoding, LLMError, Prompt, as_messages
+from coreopt.llm.ledger import (
+    RESERVATION_STALL_S,
+    MemoryLedger,
+    SQLiteLedger,
+    budget_check,
+    remove_sqlite,
+)
+from coreopt.llm.limiter import Limiter
+from coreopt.llm.retry import is_congestion, is_timeout, retry_delay
+from coreopt.llm.stats import mean_and_stderr
+from coreopt.llm.types import (
+    Backend,
+    BadScoresError,
+    Completion,
+    Decoding,
+    LLMError,
+    Prompt,
+    as_messages,
+)
+
+__all__ = [
+    "LLM",
+    "RESERVATION_STALL_S",
+    "TEMPLATE_BASE_TOKENS",
+    "TEMPLATE_MESSAGE_TOKENS",
+    "Budget",
+    "MemoryLedger",
+    "SQLiteLedger",
+    "Usage",
+    "budget_check",
+    "mean_and_stderr",
+    "run_sync",
+]
 
 logger = logging.getLogger("coreopt.llm")
 
-TEMPLATE_BASE_TOKENS = 16
-"""Tokens reserved per call for a chat template's fixed part (begin/assistant-turn markers)."""
-TEMPLATE_MESSAGE_TOKENS = 8
-"""Tokens reserved per chat message for its role markers."""
-RESERVATION_STALL_S = 600.0
-"""A call waiting for room in a token budget gives up (budget spent) when the ledger has not
-changed for this long: the reservations in its way belong to a worker that crashed."""
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Limits on what an :class:`LLM` may pay for (cache hits are free).
-
-    Attributes:
-        calls: most paid calls (``None``: unlimited). Counted when a call is dispatched (failed
-            and retried attempts included), so it is never exceeded.
-        tokens: most billed tokens, prompt plus completion (``None``: unlimited). Before a call
-            is dispatched its tokens are *reserved*: the prompt's count (exact for backends
-            with a tokenizer, e.g. :class:`~coreopt.llm.TransformersBackend`; otherwise
-            ``ceil(UTF-8 bytes / bytes_per_token)`` plus :data:`TEMPLATE_BASE_TOKENS` and
-            :data:`TEMPLATE_MESSAGE_TOKENS` per message) plus the most it can generate
-            (``max_tokens``; for scoring, the continuation's count and one token). A call is
-            dispatched only if tokens spent + tokens reserved by calls in flight + its own
-            reservation fit in the budget; when it returns, its reservation is replaced by the
-            tokens it reports. Hence: **spent tokens never exceed the budget when each
-            reservation bounds its call's billed tokens**, which holds for any byte-level BPE
-            tokenizer (GPT, Llama 3, Qwen, SmolLM2, ...) with the default ``bytes_per_token=1``
-            and a chat template of usual size. Otherwise the budget is exceeded by at most the
-            excess of the calls in flight, at most ``max_concurrency`` times the largest excess
-            of one call over its reservation. A call that does not fit only because of the
-            reservations in flight waits for them to settle; it is refused
-            (:class:`~coreopt.errors.BudgetExhaustedError`) only when the tokens already spent
-            leave no room for its reservation, so at most one reservation's worth of the
-            budget stays unspent.
-        bytes_per_token: UTF-8 bytes of prompt text per reserved token (``1.0``: a safe upper
-            bound; ``3.5`` or so reserves close to the real count of English text with GPT-like
-            tokenizers, spending a budget more fully but without the guarantee).
-    """
-
-    calls: int | None = None
-    tokens: int | None = None
-    bytes_per_token: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("calls", "tokens"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ValueError(f"Budget.{name} must be an int >= 0 or None, got {v!r}")
-        if not (math.isfinite(self.bytes_per_token) and self.bytes_per_token > 0):
-            raise ValueError(f"Budget.bytes_per_token must be > 0, got {self.bytes_per_token!r}")
-
-    @property
-    def limited(self) -> bool:
-        """Whether any limit is set."""
-        return self.calls is not None or self.tokens is not None
-
-
-@dataclass
-class Usage:
-    """Counters of an :class:`LLM` in this process (cumulative).
-
-    Attributes:
-        calls: paid calls started (including failed ones).
-        tokens: billed tokens of the paid calls that returned.
-        cache_hits: requests answered from the cache.
-        merged: requests that waited on an identical call already in flight.
-        retries: retried attempts.
-        failures: calls that failed for good.
-    """
-
-    calls: int = 0
-    tokens: int = 0
-    cache_hits: int = 0
-    merged: int = 0
-    retries: int = 0
-    failures: int = 0
-
-    def add(self, other: Usage) -> None:
-        """Add ``other``'s counters to these (e.g. a Ray worker's usage to the driver's)."""
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-# ------------------------------------------------------------------------------------------------
-# Budget ledgers: where spent and reserved calls/tokens are counted
-# ------------------------------------------------------------------------------------------------
-
-
-def _check(budget: Budget, calls: int, tokens: int, reserved: int, need: int) -> str | None:
-    """``None``: the call may go; ``"wait"``: only reservations in flight are in the way;
-    otherwise why the budget refuses it."""
-    if budget.calls is not None and calls >= budget.calls:
-        return f"LLM call budget of {budget.calls} calls is spent"
-    if budget.tokens is not None:
-        if tokens + need > budget.tokens:
-            return (
-                f"LLM token budget of {budget.tokens} tokens is spent: {tokens} used, and this "
-                f"call may need {need}"
-            )
-        if tokens + reserved + need > budget.tokens:
-            return "wait"
-    return None
-
-
-class MemoryLedger:
-    """Spent and reserved calls/tokens of one process (thread-safe)."""
-
-    def __init__(self, calls: int = 0, tokens: int = 0) -> None:
-        self.calls = calls
-        self.tokens = tokens
-        self.reserved = 0
-        self._lock = threading.Lock()
-
-    def reserve(self, budget: Budget, need: int) -> bool:
-        """Count a call and reserve ``need`` tokens (``True``); ``False`` when the call must
-        wait for calls in flight to settle.
-
-        Raises:
-            BudgetExhaustedError: the budget cannot take this call.
-        """
-        with self._lock:
-            why = _check(budget, self.calls, self.tokens, self.reserved, need)
-            if why == "wait":
-                return False
-            if why is not None:
-                raise BudgetExhaustedError(why)
-            self.calls += 1
-            self.reserved += need
-            return True
-
-    def settle(self, reserved: int, spent: int) -> None:
-        """Replace a call's reservation by the tokens it spent."""
-        with self._lock:
-            self.reserved -= reserved
-            self.tokens += spent
-
-    def totals(self) -> tuple[int, int, int]:
-        """``(calls, tokens, reserved)``."""
-        with self._lock:
-            return self.calls, self.tokens, self.reserved
-
-
-_LEDGER_SCHEMA = """
-CREATE TABLE IF NOT EXISTS budget_ledger (
-    run TEXT PRIMARY KEY, calls INTEGER, tokens INTEGER, reserved INTEGER, updated REAL
-)
-"""
-
-
-class SQLiteLedger:
-    """Spent and reserved calls/tokens in a sqlite table, shared by every process using the file.
-
-    Each reservation is one ``BEGIN IMMEDIATE`` transaction (WAL journal), so processes on one
-    machine (Ray workers, process pools) see one budget. The row is keyed by ``run``, so several
-    runs can share a file (the LLM cache's, by default) without sharing budgets.
-
-    Args:
-        path: the sqlite file.
-        run: the ledger's key (a fresh one starts at ``calls``/``tokens``).
-    """
-
-    def __init__(
-        self, path: str | os.PathLike[str], run: str, *, calls: int = 0, tokens: int = 0
-    ) -> None:
-        self.path = str(path)
-        self.run = run
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            self.path, check_same_thread=False, timeout=60.0, isolation_level=None
-        )
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(_LEDGER_SCHEMA)
-            self._conn.execute(
-                "INSERT OR IGNORE INTO budget_ledger VALUES (?, ?, ?, 0, ?)",
-                (run, calls, tokens, time.time()),
-            )
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "run": self.run}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["run"])  # type: ignore[misc]
-
-    def reserve(self, budget: Budget, need: int) -> bool:
-        """As :meth:`MemoryLedger.reserve`, atomically over every process."""
-        calls, tokens, reserved = self.totals()  # cheap read first: waiting calls poll
-        why = _check(budget, calls, tokens, reserved, need)
-        if why is None:
-            with self._lock:
-                cur = self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    calls, tokens, reserved = cur.execute(
-                        "SELECT calls, tokens, reserved FROM budget_ledger WHERE run = ?",
-                        (self.run,),
-                    ).fetchone()
-                    why = _check(budget, calls, tokens, reserved, need)
-                    if why is None:
-                        cur.execute(
-                            "UPDATE budget_ledger SET calls = calls + 1, "
-                            "reserved = reserved + ?, updated = ? WHERE run = ?",
-                            (need, time.time(), self.run),
-                        )
-                except BaseException:
-                    cur.execute("ROLLBACK")
-                    raise
-                cur.execute("COMMIT")
-        if why == "wait":
-            return False
-        if why is not None:
-            raise BudgetExhaustedError(why)
-        return True
-
-    def settle(self, reserved: int, spent: int) -> None:
-        """Replace a call's reservation by the tokens it spent."""
-        with self._lock:
-            self._conn.execute(
-                "UPDATE budget_ledger SET reserved = reserved - ?, tokens = tokens + ?, "
-                "updated = ? WHERE run = ?",
-                (reserved, spent, time.time(), self.run),
-            )
-
-    def totals(self) -> tuple[int, int, int]:
-        """``(calls, tokens, reserved)`` over every process."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT calls, tokens, reserved FROM budget_ledger WHERE run = ?", (self.run,)
-            ).fetchone()
-        return int(row[0]), int(row[1]), int(row[2])
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-
-# ------------------------------------------------------------------------------------------------
-# A concurrency limit shared by every event loop and thread
-# ------------------------------------------------------------------------------------------------
-
-
-class _Limiter:
-    """A FIFO semaphore usable from any event loop in any thread (``async with limiter:``)."""
-
-    def __init__(self, value: int) -> None:
-        self._value = value
-        self._lock = threading.Lock()
-        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
-
-    async def __aenter__(self) -> None:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if self._value > 0 and not self._waiters:
-                self._value -= 1
-                return
-            fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.append((loop, fut))
-        try:
-            await fut
-        except BaseException:
-            with self._lock:
-                try:
-                    self._waiters.remove((loop, fut))
-                    granted = False
-                except ValueError:  # popped by release(): a grant is on its way or arrived
-                    granted = fut.done() and not fut.cancelled()
-            if granted:
-                self._release()
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release()
-
-    def _release(self) -> None:
-        with self._lock:
-            while self._waiters:
-                loop, fut = self._waiters.popleft()
-                if loop.is_closed():
-                    continue
-                try:
-                    loop.call_soon_threadsafe(self._grant, fut)
-                except RuntimeError:  # the loop closed meanwhile
-                    continue
-                return
-            self._value += 1
-
-    def _grant(self, fut: asyncio.Future[None]) -> None:
-        if fut.done():  # cancelled before the grant arrived: pass it on
-            self._release()
-        else:
-            fut.set_result(None)
-
-
-# ------------------------------------------------------------------------------------------------
-# The wrapper
-# ------------------------------------------------------------------------------------------------
+_NOT_WRAPPED = (BadScoresError, NotImplementedError, TypeError, ValueError)
+"""Failures raised as they are (they name their cause); others become an LLMError that counts the
+attempts."""
 
 
 class LLM:
@@ -340,17 +82,28 @@ class LLM:
 
     Args:
         backend: any :class:`~coreopt.llm.Backend`.
-        max_concurrency: calls in flight at once, over every thread and event loop using this
-            object.
-        retries: retries of transient errors for backends whose SDK does not retry (the OpenAI
-            and Anthropic SDKs retry themselves: see their ``max_retries``).
+        max_concurrency: most calls in flight at once, over every thread and event loop using
+            this object.
+        retries: retries of transient errors (timeouts, dropped connections, 408/409/429/5xx,
+            malformed 200 answers); each retry is one more HTTP attempt, counted in
+            :attr:`usage` (``calls`` and ``retries``) and in the budget. Not used for a backend
+            whose SDK retries by itself (``max_retries > 0`` on it).
         retry_delay: first backoff in seconds; doubles each retry, with jitter, up to
-            ``max_delay``.
+            ``max_delay``; a server's ``Retry-After`` (up to 60 s) replaces it.
         cache: ``None`` for the default file (:func:`~coreopt.llm.cache.default_cache_path`),
             ``False`` for none, a path, or a :class:`SQLiteCache`.
         budget: a :class:`Budget`; when it runs out a call raises
             :class:`~coreopt.errors.BudgetExhaustedError` (least_core then returns a partial
             result).
+        adaptive: adapt the calls in flight to the server (see
+            :class:`~coreopt.llm.limiter.Limiter`: start at 2, grow while answers come back
+            within a quarter of the timeout, halve on a timeout or 429/503), never above
+            ``max_concurrency``. Default: on for backends with a request ``timeout`` (servers),
+            off for local models (whose scoring batches concurrent calls).
+
+    Cache keys carry the backend's ``identity`` (for a server: its base URL and a fingerprint of
+    the served model where ``/models`` reports one), so two servers answering to one model name
+    never share values.
 
     Pickling (Ray tasks, process pools) ships the backend (rebuilt in the worker: SDK clients,
     local models), the settings, the cache's path and the budget; the copy starts with zero
@@ -373,6 +126,7 @@ class LLM:
         max_delay: float = 20.0,
         cache: SQLiteCache | str | os.PathLike[str] | bool | None = None,
         budget: Budget | None = None,
+        adaptive: bool | None = None,
     ) -> None:
         for name in ("generate", "score", "is_transient"):
             if not callable(getattr(backend, name, None)):
@@ -396,6 +150,9 @@ class LLM:
         else:
             self.cache = SQLiteCache(cache)
         self.budget = budget or Budget()
+        self.adaptive = (
+            getattr(backend, "timeout", None) is not None if adaptive is None else bool(adaptive)
+        )
         self._setup(MemoryLedger())
 
     def _setup(self, ledger: MemoryLedger | SQLiteLedger, *, copy: bool = False) -> None:
@@ -403,8 +160,10 @@ class LLM:
         self.usage = Usage()
         self.ledger: MemoryLedger | SQLiteLedger = ledger
         self._lock = threading.Lock()
-        self._limiter = _Limiter(self.max_concurrency)
+        self.limiter = Limiter(self.max_concurrency, adaptive=self.adaptive)
         self._inflight: dict[str, concurrent.futures.Future[Completion]] = {}
+        self._identity: concurrent.futures.Future[None] | None = None
+        self.verified: set[str] = set()  # self-tests passed in this process
 
     def __repr__(self) -> str:
         return (
@@ -433,7 +192,7 @@ class LLM:
             fd, tmp = tempfile.mkstemp(prefix="coreopt-budget-", suffix=".sqlite")
             os.close(fd)
             path = tmp
-            weakref.finalize(self, _remove_sqlite, tmp)
+            weakref.finalize(self, remove_sqlite, tmp)
         calls, tokens, _ = self.ledger.totals()
         ledger = SQLiteLedger(path, uuid.uuid4().hex, calls=calls, tokens=tokens)
         self.ledger = ledger
@@ -451,6 +210,7 @@ class LLM:
             "max_delay": self.max_delay,
             "cache": None if self.cache is None else self.cache.path,
             "budget": self.budget,
+            "adaptive": self.adaptive,
             "ledger": shared,
         }
 
@@ -462,6 +222,7 @@ class LLM:
         self.max_delay = state["max_delay"]
         self.cache = None if state["cache"] is None else SQLiteCache(state["cache"])
         self.budget = state["budget"]
+        self.adaptive = state.get("adaptive", False)
         self._setup(state["ledger"] or MemoryLedger(), copy=True)
 
     @property
@@ -471,6 +232,39 @@ class LLM:
     @property
     def model(self) -> str:
         return str(self.backend.model)
+
+    @property
+    def identity(self) -> str:
+        """Who answers, as cache keys see it: the backend's ``identity`` (a server's base URL and
+        model fingerprint) or, for local backends, its kind."""
+        return str(getattr(self.backend, "identity", self.backend.name))
+
+    def describe(self) -> str:
+        """The backend in words, for messages (``the openai server at URL (model M)``)."""
+        server = getattr(self.backend, "server", None)
+        if server:
+            return f"the {self.name} server at {server} (model {self.model})"
+        return f"the {self.name} backend ({self.model})"
+
+    async def resolve_identity(self) -> str:
+        """Ask the backend for its model fingerprint once (``afingerprint``, where it has one)
+        before any cache key is made; later calls return at once."""
+        ask = getattr(self.backend, "afingerprint", None)
+        if ask is None:
+            return self.identity
+        with self._lock:
+            fut = self._identity
+            owner = fut is None
+            if fut is None:
+                fut = self._identity = concurrent.futures.Future()
+        if owner:
+            try:
+                await ask()
+            finally:
+                fut.set_result(None)
+        else:
+            await asyncio.wrap_future(fut)
+        return self.identity
 
     # -- keys ------------------------------------------------------------------------------------
 
@@ -485,7 +279,7 @@ class LLM:
     ) -> CacheKey:
         """The cache key of a call (see :class:`~coreopt.llm.cache.CacheKey`)."""
         return CacheKey(
-            self.name, self.model, template, coalition_key(coalition), params, kind, sample
+            self.identity, self.model, template, coalition_key(coalition), params, kind, sample
         )
 
     def reservation(self, prompt: Prompt, *, new_tokens: int, continuation: str = "") -> int:
@@ -524,6 +318,7 @@ class LLM:
         """Generate (cached). ``template`` identifies the prompt template and its fixed inputs
         (default: a hash of the whole prompt); ``coalition`` the labels in context."""
         decoding = decoding or Decoding()
+        await self.resolve_identity()
         if sample and decoding.seed is not None:
             decoding = Decoding(
                 decoding.max_tokens,
@@ -554,17 +349,53 @@ class LLM:
         template: str | None = None,
         coalition: Iterable[Hashable] = (),
     ) -> Completion:
-        """Log-probability of ``continuation`` as the answer to ``prompt`` (cached)."""
+        """Log-probability of ``continuation`` as the answer to ``prompt`` (cached).
+
+        The backend's answer must be a finite log-probability <= 0; otherwise
+        :class:`~coreopt.llm.BadScoresError` is raised and nothing is cached."""
+        await self.resolve_identity()
         key = self.key(
             "score",
             template=text_hash(template or _prompt_hash(prompt), continuation),
             coalition=coalition,
+            params=str(getattr(self.backend, "score_format", "")),
         )
 
         def need() -> int:
             return self.reservation(prompt, new_tokens=1, continuation=continuation)
 
-        return await self._cached(key, lambda: self.backend.score(prompt, continuation), need)
+        return await self._cached(
+            key, lambda: self.backend.score(prompt, continuation), need, self._check_score
+        )
+
+    def _check_score(self, out: Completion) -> None:
+        lp = out.logprob
+        if not isinstance(lp, int | float) or not math.isfinite(lp) or lp > 1e-4:
+            raise BadScoresError(
+                f"{self.describe()} scored a continuation with log-probability {lp!r}: a "
+                "log-probability must be a finite number <= 0 (not cached)"
+            )
+
+    async def averify_scoring(self, *, force: bool = False) -> Any:
+        """Self-test this LLM's log-probabilities before paying for a solve scored with them
+        (see :func:`coreopt.llm.selftest.self_test`); a pass is remembered per server and model
+        (in the cache file, else in this object).
+
+        Returns:
+            The :class:`~coreopt.llm.selftest.SelfTestReport`, or ``None`` when a pass was
+            remembered.
+
+        Raises:
+            BadScoresError: the test failed (the message names the server, what was seen and a
+                fix).
+        """
+        from coreopt.llm.selftest import averify
+
+        return await averify(self, force=force)
+
+    def verify_scoring(self, *, force: bool = False) -> Any:
+        """Synchronous :meth:`averify_scoring`."""
+        return run_sync(lambda: self.averify_scoring(force=force))
 
     # -- sync API (works inside a running event loop, e.g. Jupyter) --------------------------------
 
@@ -583,6 +414,7 @@ class LLM:
         key: CacheKey,
         call: Callable[[], Awaitable[Completion]],
         need: Callable[[], int],
+        check: Callable[[Completion], None] | None = None,
     ) -> Completion:
         digest = key.digest
         while True:
@@ -609,6 +441,8 @@ class LLM:
                 # the call we waited on was cancelled with its caller: make it ourselves
         try:
             result = await self._paid(call, need)
+            if check is not None:
+                check(result)  # a bad answer raises here: never cached
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 pending.cancel()
@@ -644,46 +478,59 @@ class LLM:
     async def _paid(
         self, call: Callable[[], Awaitable[Completion]], need: Callable[[], int]
     ) -> Completion:
+        """Make a paid call: one slot of the limiter, a budget reservation per HTTP attempt,
+        retries of transient failures (each counted), and the limiter told how the server
+        coped."""
         retries = 0 if getattr(self.backend, "sdk_retries", False) else self.retries
-        async with self._limiter:
+        timeout = getattr(self.backend, "timeout", None)
+        async with self.limiter:
             reserve = need() if self.budget.tokens is not None else 0
             for attempt in range(retries + 1):
                 await self._wait_for_room(reserve)
                 with self._lock:
                     self.usage.calls += 1
+                epoch, started = self.limiter.epoch, time.monotonic()
                 try:
                     out = await call()
                 except BaseException as exc:
                     self.ledger.settle(reserve, 0)  # a failed call bills nothing we can know
                     if isinstance(exc, BudgetExhaustedError) or not isinstance(exc, Exception):
                         raise
+                    if is_timeout(exc):
+                        with self._lock:
+                            self.usage.timeouts += 1
+                    if is_congestion(exc):
+                        self.limiter.congested(epoch)
                     if attempt < retries and self.backend.is_transient(exc):
-                        delay = min(self.max_delay, self.retry_delay * 2**attempt)
-                        delay *= 0.5 + random.random() / 2  # jitter
+                        delay = retry_delay(exc, attempt, self.retry_delay, self.max_delay)
                         with self._lock:
                             self.usage.retries += 1
-                        logger.info("LLM call failed (%s); retrying in %.2f s", exc, delay)
+                        logger.info(
+                            "%s: attempt %d failed (%s); retrying in %.2f s",
+                            self.describe(),
+                            attempt + 1,
+                            exc,
+                            delay,
+                        )
                         await asyncio.sleep(delay)
                         continue
                     with self._lock:
                         self.usage.failures += 1
-                    if isinstance(exc, LLMError | NotImplementedError | TypeError | ValueError):
+                    if isinstance(exc, _NOT_WRAPPED):
                         raise
+                    what = "HTTP request(s)" if hasattr(self.backend, "server") else "attempt(s)"
+                    if getattr(self.backend, "sdk_retries", False):
+                        what += " (plus the SDK's own retries, not counted)"
                     raise LLMError(
-                        f"{self.name} backend ({self.model}) failed after {attempt + 1} "
-                        f"attempt(s): {type(exc).__name__}: {exc}"
+                        f"{self.describe()} failed after {attempt + 1} {what}: "
+                        f"{type(exc).__name__}: {exc}"
                     ) from exc
+                self.limiter.answered(time.monotonic() - started, timeout)
                 self.ledger.settle(reserve, out.total_tokens)
                 with self._lock:
                     self.usage.tokens += out.total_tokens
                 return out
         raise AssertionError("unreachable")
-
-
-def _remove_sqlite(path: str) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(OSError):
-            Path(path + suffix).unlink()
 
 
 def _prompt_hash(prompt: Prompt) -> str:
@@ -695,15 +542,3 @@ def run_sync(make: Callable[[], Awaitable[Any]]) -> Any:
     from coreopt.parallel.aio import run_sync as _run_sync
 
     return _run_sync(make)
-
-
-def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error of repeated samples (``0.0`` error for one sample)."""
-    if not values:
-        raise ValueError("no samples")
-    k = len(values)
-    mean = math.fsum(values) / k
-    if k == 1:
-        return mean, 0.0
-    var = math.fsum((v - mean) ** 2 for v in values) / (k - 1)
-    return mean, math.sqrt(var / k)

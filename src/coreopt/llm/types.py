@@ -24,6 +24,17 @@ class UnsupportedOperationError(CoreoptError, NotImplementedError):
     """The backend cannot do this (e.g. Anthropic gives no log-probabilities to score with)."""
 
 
+class MalformedResponseError(LLMError):
+    """The server answered 200 with a body that is not a valid completion (truncated JSON, an HTML
+    page, no choices). Transient: retried, then raised."""
+
+
+class BadScoresError(LLMError):
+    """The server's log-probabilities cannot be trusted: they do not cover the scored text (echo
+    ignored, nulls, gaps), or they failed the self-test (shifted or misaligned). Not retried and
+    never cached."""
+
+
 @dataclass(frozen=True)
 class Decoding:
     """Decoding parameters of a generation (part of every cache key).
@@ -90,11 +101,22 @@ class Backend(Protocol):
         model: model identifier, part of the cache key.
         sdk_retries: the backend's SDK retries transient errors itself (the shared wrapper then
             does not retry on top).
+
+    Optional members the wrapper uses where a backend has them: ``identity`` (who answers, for
+    cache keys; default ``name``), ``timeout`` (seconds per request: turns on the adaptive
+    concurrency limit), ``server`` (for messages), ``afingerprint()`` (a model fingerprint for
+    ``identity``), ``score_format`` (how scoring prompts are rendered, part of score keys),
+    ``verify_scores`` (self-test scores before a solve) and ``score_tokens()`` (per-token echo
+    answers for that self-test).
     """
 
     name: str
     model: str
-    sdk_retries: bool
+
+    @property
+    def sdk_retries(self) -> bool:
+        """The backend's SDK retries transient errors itself (the wrapper then does not)."""
+        ...
 
     async def generate(self, prompt: Prompt, decoding: Decoding) -> Completion:
         """Generate an answer to ``prompt``."""
