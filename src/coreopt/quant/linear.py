@@ -1,7 +1,9 @@
-"""``QuantizedLinear``: a packed b-bit linear layer with a dequantizing forward."""
+"""``QuantizedLinear``: a packed b-bit linear layer whose forward runs a packed low-bit kernel."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -9,8 +11,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from coreopt.quant.format import QuantFormat, dequantize_codes, rtn
+from coreopt.quant.kernels import (
+    KERNELS,
+    Int4Layout,
+    apply_transform_batched,
+    int4_available,
+    int4_matmul,
+    kernel_group,
+    pack_int4,
+)
 from coreopt.quant.packing import pack_bits, unpack_bits
 from coreopt.quant.transforms import apply_blocks, right_blocks
+
+_METADATA = ("scale", "zero", "transform")
+
+
+@dataclass
+class _Runtime:
+    """A layer's runtime layout for one (kernel, device, compute dtype, stored version)."""
+
+    key: tuple[Any, ...]
+    kernel: str
+    dtype: torch.dtype
+    layout: Int4Layout | None
+    weight: torch.Tensor | None
+    transform_t: torch.Tensor | None
+
+    def nbytes(self) -> int:
+        total = 0 if self.layout is None else self.layout.nbytes()
+        for t in (self.weight, self.transform_t):
+            if t is not None:
+                total += t.numel() * t.element_size()
+        return total
 
 
 class QuantizedLinear(nn.Module):
@@ -27,8 +59,21 @@ class QuantizedLinear(nn.Module):
 
     ``in_pad`` is ``in_features`` rounded up to a multiple of ``group_size``: a layer whose input
     width is not a multiple of the group size is stored with zero columns appended (the padding
-    costs storage only). The forward dequantizes the whole weight in the input's dtype on the
-    input's device (CPU, CUDA, any torch device) and calls :func:`torch.nn.functional.linear`.
+    costs storage only).
+
+    **Runtime.** The stored buffers are what is saved; the forward runs on a *runtime layout*
+    built from them at the first call on a device and cached (never saved; rebuilt after
+    ``.to()``, ``load_state_dict`` or any in-place change of the stored buffers), chosen by
+    ``kernel`` (see :mod:`coreopt.quant.kernels`): ``"auto"`` (default) is ``"int4"`` on CPU
+    (torch's packed weight-only int4 kernel, all bit widths, 8 bits as two 4-bit halves) and
+    ``"reference"`` elsewhere; ``"dense"`` caches the dequantized weight; ``"reference"``
+    dequantizes the whole weight on each call. ``compute_dtype`` is the activation dtype of the
+    kernel: ``None`` (default) computes ``float32`` inputs in ``bfloat16`` on the int4 kernel
+    (the fast case; 10-25x slower in ``float32``) and everything else in the input's dtype; the
+    output always has the input's dtype. An input that requires a gradient takes the reference
+    path. Set both with :meth:`set_runtime` or, for a whole model,
+    :func:`coreopt.quant.set_runtime`. Casting the layer (``.half()``, ``.to(torch.bfloat16)``)
+    casts the bias only: codes, scales, zero points and transform keep their stored dtype.
 
     Examples:
         >>> import torch
@@ -96,6 +141,9 @@ class QuantizedLinear(nn.Module):
             )
         else:
             self.register_parameter("bias", None)
+        self.kernel = "auto"
+        self.compute_dtype: torch.dtype | None = None
+        self._runtime: _Runtime | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -179,12 +227,132 @@ class QuantizedLinear(nn.Module):
             W = right_blocks(W, self.transform.float())
         return W.to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        W = self.stored_weight(x.dtype)
+    # ------------------------------------------------------------------ runtime
+    def set_runtime(
+        self, kernel: str = "auto", compute_dtype: torch.dtype | None = None
+    ) -> QuantizedLinear:
+        """Choose the runtime kernel (``"auto"``, ``"int4"``, ``"dense"``, ``"reference"``) and
+        the activation dtype it computes in (``None``: see the class docstring); drops the cached
+        layout. Returns ``self``."""
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel={kernel!r} is unknown; expected one of {KERNELS}")
+        if compute_dtype is not None and compute_dtype not in (
+            torch.float32,
+            torch.float16,
+            torch.bfloat16,
+        ):
+            raise ValueError(
+                f"compute_dtype={compute_dtype} must be None, torch.float32, float16 or bfloat16"
+            )
+        if kernel == "int4" and not kernel_group(self.fmt.group_size):
+            raise ValueError(f"kernel='int4' needs a group size multiple of 32, got {self.fmt}")
+        self.kernel = kernel
+        self.compute_dtype = compute_dtype
+        self._runtime = None
+        return self
+
+    def resolve_kernel(self, x: torch.Tensor) -> str:
+        """The kernel the forward uses for input ``x`` (``"int4"``, ``"dense"``, ``"reference"``).
+
+        Raises:
+            ValueError: ``kernel="int4"`` on a device without the int4 kernel (CPU only).
+        """
+        if self.kernel == "reference" or (x.requires_grad and torch.is_grad_enabled()):
+            return "reference"
+        if self.kernel == "auto":
+            return "int4" if int4_available(x.device) else "reference"
+        if self.kernel == "int4" and not int4_available(x.device):
+            raise ValueError(
+                f"kernel='int4' runs on CPU only (torch's _weight_int4pack_mm_for_cpu); the input "
+                f"is on {x.device}: use kernel='dense' or 'reference' there"
+            )
+        return self.kernel
+
+    def resolve_compute_dtype(self, kernel: str, x: torch.Tensor) -> torch.dtype:
+        """The activation dtype ``kernel`` computes in for input ``x``."""
+        if self.compute_dtype is not None:
+            return self.compute_dtype
+        if kernel == "int4" and x.dtype == torch.float32:
+            return torch.bfloat16
+        return x.dtype
+
+    def _stored_key(self) -> tuple[Any, ...]:
+        ts = [self.qweight, self.scale, self.zero]
         if self.transform is not None:
-            x = apply_blocks(x, self.transform.to(x.dtype))
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, W, bias)
+            ts.append(self.transform)
+        return tuple((t.data_ptr(), t._version) for t in ts)
+
+    def runtime(self, kernel: str, device: torch.device, dtype: torch.dtype) -> _Runtime:
+        """The cached runtime layout for ``(kernel, dtype)`` on ``device``, built on first use
+        (and again whenever the stored buffers changed)."""
+        key = (kernel, device, dtype, self._stored_key())
+        rt = self._runtime
+        if rt is not None and rt.key == key:
+            return rt
+        self._runtime = None  # free the old layout before building the new one
+        with torch.inference_mode(False), torch.no_grad():
+            layout = weight = None
+            if kernel == "int4":
+                layout = pack_int4(
+                    self.codes(), self.scale, self.zero, self.fmt.bits, self.fmt.group_size, dtype
+                )
+            else:
+                weight = self.stored_weight(dtype).contiguous()
+            Tt = None
+            if self.transform is not None:
+                Tt = self.transform.to(dtype).transpose(1, 2).contiguous()
+        rt = _Runtime(key, kernel, dtype, layout, weight, Tt)
+        self._runtime = rt
+        return rt
+
+    def runtime_bytes(self) -> int:
+        """Bytes of the cached runtime layout (0 before the first forward or on the reference
+        path); the stored buffers (:meth:`memory_bytes`) stay in memory as well."""
+        return 0 if self._runtime is None else self._runtime.nbytes()
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        # Device moves apply to every buffer; dtype casts only to the bias: the stored codes,
+        # scales, zero points and transform keep their dtype (a bfloat16 cast would round the
+        # float16 scales and silently change the stored weight).
+        saved: dict[str, torch.Tensor] = {}
+        for n in _METADATA:
+            buf = self._buffers.get(n)
+            if buf is not None:
+                saved[n] = buf
+        out = super()._apply(fn, recurse)
+        for n, t in saved.items():
+            new = self._buffers[n]
+            if new is not None and new.dtype != t.dtype:
+                self._buffers[n] = t.to(new.device)
+        self._runtime = None
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"input has {x.shape[-1]} features, the layer expects {self.in_features}"
+            )
+        kernel = self.resolve_kernel(x)
+        if kernel == "reference":
+            W = self.stored_weight(x.dtype)
+            if self.transform is not None:
+                x = apply_blocks(x, self.transform.to(x.dtype))
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.linear(x, W, bias)
+        dtype = self.resolve_compute_dtype(kernel, x)
+        rt = self.runtime(kernel, x.device, dtype)
+        h = x.reshape(-1, self.in_features).to(dtype)
+        if rt.transform_t is not None:
+            h = apply_transform_batched(h, rt.transform_t)
+        if rt.layout is not None:
+            y = int4_matmul(h, rt.layout).to(x.dtype)
+            if self.bias is not None:
+                y = y + self.bias.to(x.dtype)
+        else:
+            assert rt.weight is not None
+            bias = None if self.bias is None else self.bias.to(dtype)
+            y = F.linear(h, rt.weight, bias).to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     # ------------------------------------------------------------------ reporting
     def memory_bytes(self) -> int:
@@ -211,10 +379,11 @@ class QuantizedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         t = f", transform_block={self.transform_block}" if self.transform_block else ""
+        k = "" if self.kernel == "auto" else f", kernel={self.kernel!r}"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bits={self.fmt.bits}, group_size={self.fmt.group_size}, "
-            f"bias={self.bias is not None}{t}"
+            f"bias={self.bias is not None}{t}{k}"
         )
 
 
