@@ -133,6 +133,6 @@ def test_set_runtime_report_and_validation() -> None:
     with pytest.raises(ValueError, match="kernel"):
         set_runtime(net, "fast")
     with pytest.raises(ValueError, match="compute_dtype"):
-        set_runtime(net, "dense", torch.int8)  # type: ignore[arg-type]
+        set_runtime(net, "dense", torch.int8)
     with pytest.raises(ValueError, match="no QuantizedLinear"):
         set_runtime(torch.nn.Linear(3, 3))
