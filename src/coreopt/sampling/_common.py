@@ -233,6 +233,24 @@ def prompt_mask(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tens
     return (not_pad.cumsum(-1) > 0).long()
 
 
+def config_pad_id(model: Any) -> int | None:
+    """The id that left-pads prompts for ``model``, read from its configuration.
+
+    ``config.pad_token_id``, else ``generation_config.pad_token_id``, else the (first)
+    ``eos_token_id`` of either — what ``transformers``' ``generate`` itself pads with when no pad
+    id is set — else ``None``.
+    """
+    configs = [getattr(model, "config", None), getattr(model, "generation_config", None)]
+    for attr in ("pad_token_id", "eos_token_id"):
+        for cfg in configs:
+            value = getattr(cfg, attr, None)
+            if isinstance(value, list | tuple):
+                value = value[0] if value else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    return None
+
+
 class CachedForward:
     """Next-token logits of a causal LM for a growing batch, with its own KV cache.
 

@@ -35,6 +35,7 @@ from coreopt.sampling._common import (
     check_choice,
     check_real,
     check_same_tokenizer,
+    config_pad_id,
     input_vocab_size,
     output_vocab_size,
     prompt_mask,
@@ -115,17 +116,26 @@ class _SamplingProcessor(_LogitsProcessor):
     order: str
     lam: float
 
-    def __init__(self, *, pad_token_id: int | None = None) -> None:
-        self.pad_token_id = pad_token_id
+    def __init__(self, *, pad_token_id: int | None = None, model: Any = None) -> None:
+        if pad_token_id is not None and (
+            not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool)
+        ):
+            raise TypeError(f"pad_token_id must be an int or None, got {pad_token_id!r}")
+        # Left padding inside transformers' generate: the processor sees only input_ids, so it
+        # needs the pad id; without one it would treat pads as context.
+        self.pad_token_id = pad_token_id if pad_token_id is not None else config_pad_id(model)
         self._prompt_mask: torch.Tensor | None = None
+        self._warned_no_pad = False
         self.calls = 0
 
     def begin(self, attention_mask: torch.Tensor | None) -> None:
         """Start a new batch: forget caches; use ``attention_mask`` for the next prompt.
 
-        :func:`coreopt.sampling.generate` calls this. Inside ``transformers``' ``generate``, call it
-        yourself with the prompt's attention mask before ``generate`` if prompts are left-padded
-        and the pad id is not known to the processor (``pad_token_id=``).
+        :func:`coreopt.sampling.generate` calls this. Inside ``transformers``' ``generate`` the
+        processor infers the mask of left-padded prompts from ``pad_token_id`` (given, or read
+        from the proxy's config: its pad id, else its end-of-sequence id, as ``generate`` pads);
+        call ``begin(attention_mask)`` before ``generate`` when the prompts were padded with
+        another id.
         """
         self._prompt_mask = attention_mask
         self.reset()
@@ -137,6 +147,14 @@ class _SamplingProcessor(_LogitsProcessor):
         m = self._prompt_mask
         if m is not None and m.shape == input_ids.shape:
             return m.to(input_ids.device)
+        if self.pad_token_id is None and input_ids.shape[0] > 1 and not self._warned_no_pad:
+            self._warned_no_pad = True
+            logger.warning(
+                "%s: no pad id known (none given, none in the proxy's config) and no "
+                "begin(attention_mask): a left-padded batch would be read with its pads as "
+                "context; pass pad_token_id=",
+                type(self).__name__,
+            )
         return prompt_mask(input_ids, self.pad_token_id)
 
     def adjustment(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor | None:
@@ -228,6 +246,8 @@ class AntidistillationLogitsProcessor(_SamplingProcessor):
             tables of different widths (default: the widths must be equal).
         pad_token_id: the pad id of left-padded prompts (to infer their attention mask inside
             ``transformers``' ``generate``; :func:`~coreopt.sampling.generate` passes the mask).
+            Default: the proxy config's pad id, else its end-of-sequence id (what ``generate``
+            pads with when no pad id is set). Only *leading* pads are masked.
         tokenizer, proxy_tokenizer: when both are given they must be identical.
 
     Raises:
@@ -255,7 +275,7 @@ class AntidistillationLogitsProcessor(_SamplingProcessor):
         tokenizer: Any = None,
         proxy_tokenizer: Any = None,
     ) -> None:
-        super().__init__(pad_token_id=pad_token_id)
+        super().__init__(pad_token_id=pad_token_id, model=proxy)
         if config is None:
             if lam is None:
                 raise TypeError("pass lam= (or config=AntidistillationConfig(...))")
@@ -372,7 +392,7 @@ class FingerprintLogitsProcessor(_SamplingProcessor):
         vocab_size: int | None = None,
         pad_token_id: int | None = None,
     ) -> None:
-        super().__init__(pad_token_id=pad_token_id)
+        super().__init__(pad_token_id=pad_token_id, model=proxy)
         if config is None:
             if key is None or lam is None:
                 raise TypeError("pass key= and lam= (or config=FingerprintConfig(...))")
