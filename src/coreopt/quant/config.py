@@ -110,6 +110,14 @@ class QuantizeConfig:
             layers out (see :mod:`coreopt.parallel`); ``max_workers`` bounds the threads.
         seed: seed of the random Hadamard initialisations.
         progress: tqdm bar per layer; ``None`` shows it only on a terminal or notebook.
+        bits_per_weight: a byte budget: the average *stored* bits per quantized weight (codes,
+            scales, zero points, group padding and transform blocks all counted, see
+            :mod:`coreopt.quant.budget`). Each layer then gets its own bits (``bits_options``),
+            group size (``group_options``) and, for ``"cafeq"``, transform block
+            (``block_options``, or none), chosen to minimise the summed proxy loss within the
+            budget. ``None`` (default): every layer at ``bits``/``group_size``. Supported by
+            ``"rtn"`` (mixed-precision RTN) and ``"cafeq"``.
+        bits_options, group_options, block_options: what the budget search may choose from.
     """
 
     bits: int = 4
@@ -135,6 +143,10 @@ class QuantizeConfig:
     max_workers: int | None = None
     seed: int = 0
     progress: bool | None = None
+    bits_per_weight: float | None = None
+    bits_options: tuple[int, ...] = (2, 3, 4, 8)
+    group_options: tuple[int, ...] = (32, 64, 128)
+    block_options: tuple[int, ...] = (16, 32)
 
     def __post_init__(self) -> None:
         QuantFormat(self.bits, self.group_size, self.scale_dtype)  # raises UnsupportedFormatError
@@ -161,6 +173,30 @@ class QuantizeConfig:
             raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
         if isinstance(self.skip, str) or not all(isinstance(s, str) for s in self.skip):
             raise TypeError("skip must be a tuple of fnmatch patterns (strings)")
+        if self.bits_per_weight is not None:
+            b = self.bits_per_weight
+            if (
+                isinstance(b, bool)
+                or not isinstance(b, int | float)
+                or not math.isfinite(b)
+                or b <= 0
+            ):
+                raise ValueError(f"bits_per_weight must be a positive finite number, got {b!r}")
+            if self.method not in ("rtn", "cafeq"):
+                raise ValueError(
+                    f"bits_per_weight is supported by method='rtn' and 'cafeq', not {self.method!r}"
+                )
+            if self.alternating:
+                raise ValueError("bits_per_weight cannot be combined with alternating=True")
+        for b in self.bits_options:
+            QuantFormat(b, 32)
+        for g in self.group_options:
+            QuantFormat(4, g)
+        if not self.bits_options or not self.group_options:
+            raise ValueError("bits_options and group_options must not be empty")
+        for k in self.block_options:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 2 or k & (k - 1):
+                raise ValueError(f"block_options must hold powers of two >= 2, got {k!r}")
         if self.max_workers is not None and self.max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {self.max_workers}")
 

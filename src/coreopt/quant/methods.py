@@ -25,7 +25,12 @@ from coreopt.quant.proxy import (
 )
 from coreopt.quant.rounding import DEFAULT_SHRINK_GRID, gptq, rtn_fit
 from coreopt.quant.single import learn_transform
-from coreopt.quant.transforms import block_diag, random_block_orthogonal, right_blocks
+from coreopt.quant.transforms import (
+    apply_blocks,
+    block_diag,
+    random_block_orthogonal,
+    right_blocks,
+)
 
 Codes = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -35,6 +40,8 @@ __all__ = [
     "PairTask",
     "cafeq_matrix",
     "cafeq_method",
+    "cafeq_transform",
+    "estimate_loss",
     "get_method",
     "hadamard_method",
     "layer_prior",
@@ -52,6 +59,9 @@ class MatrixTask:
     weight: torch.Tensor
     moments: InputMoments | None = None
     seed: int = 0
+    transform: torch.Tensor | None = None
+    """A block transform ``(k, b, b)`` already learned for this matrix (the byte-budget search
+    learns it while pricing the options); ``cafeq`` then uses it instead of learning one."""
 
 
 @dataclass
@@ -86,6 +96,8 @@ class LayerOutcome:
     seconds: float
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    fmt: QuantFormat | None = None
+    """The format of the codes (``None``: the configuration's)."""
 
     def effective_weight(self, group_size: int) -> torch.Tensor:
         W = dequantize_codes(self.codes, self.scale, self.zero, group_size, torch.float32)
@@ -204,6 +216,7 @@ def _outcome(
         choice=choice,
         seconds=time.perf_counter() - start,
         note=note,
+        fmt=fmt,
     )
 
 
@@ -266,6 +279,108 @@ def hadamard_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[La
     return outs
 
 
+def plain_candidate(
+    Wp: torch.Tensor,
+    n: int,
+    S: torch.Tensor | None,
+    m: InputMoments | None,
+    fmt: QuantFormat,
+    cfg: QuantizeConfig,
+) -> tuple[float, str, Codes]:
+    """The transform-free candidate: ``Wp`` (the weight padded to the group size, ``n`` real
+    columns) rounded against the prior's Hessian ``S`` (GPTQ), or to nearest with a range search.
+    Returns ``(relative proxy, label, codes)``."""
+    c = _round(Wp, S, fmt, cfg)
+    if S is not None and cfg.rounding == "gptq" and not _is_diagonal(S):
+        label = "gptq"
+    else:
+        label = "rtn+clip" if cfg.clip_search else "rtn"
+    return _proxy(Wp[:, :n], _eff(c, fmt.group_size, n, None), m), label, c
+
+
+def transform_candidate(
+    W: torch.Tensor,
+    T: torch.Tensor,
+    S: torch.Tensor | None,
+    m: InputMoments | None,
+    fmt: QuantFormat,
+    cfg: QuantizeConfig,
+) -> tuple[float, str, Codes, torch.Tensor]:
+    """``W`` with the block transform ``T`` (rounded to the storage dtype first): the stored
+    ``W T⁻¹`` is rounded against ``H = T Σ Tᵀ``, padded to the group size after the transform.
+    Returns ``(relative proxy, rounding label, codes, stored T)``."""
+    n = W.shape[1]
+    g = fmt.group_size
+    T, Tinv = _stored_pair(T, fmt)
+    Tm = block_diag(T)
+    H = Tm @ (S[:n, :n] if S is not None else torch.eye(n, device=W.device)) @ Tm.T
+    n_pad = -(-n // g) * g
+    c = _round(pad_columns(right_blocks(W, Tinv), g), _pad_hessian(H, n_pad), fmt, cfg)
+    if cfg.rounding == "gptq" and not _is_diagonal(H):
+        label = "gptq"
+    else:
+        label = "rtn+clip" if cfg.clip_search else "rtn"
+    return _proxy(W, _eff(c, g, n, T), m), label, c, T.contiguous()
+
+
+def cafeq_transform(
+    W: torch.Tensor, m: InputMoments | None, fmt: QuantFormat, cfg: QuantizeConfig, seed: int
+) -> tuple[torch.Tensor, str]:
+    """The block input transform of ``cfg.transform`` (``"learned"`` by :func:`learn_transform`
+    from a random block Hadamard, or that Hadamard itself) for ``W``; blocks of
+    ``cfg.block_size``. Returns ``(T, label)``."""
+    n = W.shape[1]
+    b = cfg.block_size
+    gen = torch.Generator().manual_seed(seed)
+    if cfg.transform == "learned":
+        fit = learn_transform(
+            W,
+            fmt,
+            block=b,
+            moments=m,
+            family=cfg.transform_family,
+            steps=cfg.steps,
+            lr=cfg.lr,
+            generator=gen,
+        )
+        return fit.transform, "learned"
+    return random_block_orthogonal(n // b, b, generator=gen, device=W.device), "hadamard"
+
+
+def estimate_loss(
+    W: torch.Tensor,
+    T: torch.Tensor | None,
+    m: InputMoments | None,
+    fmt: QuantFormat,
+    cfg: QuantizeConfig,
+) -> float:
+    """A quick estimate of the relative proxy of ``W`` stored in ``fmt`` with the block transform
+    ``T`` (or none), used to price the options of the byte budget: round-to-nearest of ``W T⁻¹``
+    with each group's range searched against the diagonal of ``H = T Σ Tᵀ`` (``method="rtn"``:
+    plain min-max). GPTQ, run afterwards on the chosen option, only lowers it."""
+    n = W.shape[1]
+    g = fmt.group_size
+    d = torch.ones(n, device=W.device)
+    if m is not None and m.diag is not None:
+        d = m.diag.to(W)
+    U = None if m is None else m.low_rank
+    if T is None:
+        Tq, Wt = None, W
+        w = d + ((U.to(W) ** 2).sum(1) if U is not None else 0.0)
+    else:
+        Tq, Tinv = _stored_pair(T, fmt)
+        Wt = right_blocks(W, Tinv)
+        w = apply_blocks(d, Tq**2)  # diag(T diag(d) Tᵀ)
+        if U is not None:
+            w = w + (apply_blocks(U.to(W).T, Tq) ** 2).sum(0)
+    plain = cfg.method == "rtn"
+    grid = DEFAULT_SHRINK_GRID if cfg.clip_search and not plain else None
+    Wp = pad_columns(Wt, g)
+    wp = torch.cat([w, torch.ones(Wp.shape[1] - n, device=W.device)])
+    c = rtn_fit(Wp, fmt, weight=None if plain else wp, grid=grid)
+    return _proxy(W, _eff(c, g, n, Tq), m)
+
+
 def cafeq_matrix(t: MatrixTask, cfg: QuantizeConfig) -> LayerOutcome:
     """One matrix: learned (or Hadamard) block transform + adaptive rounding, against RTN."""
     start = time.perf_counter()
@@ -280,56 +395,21 @@ def cafeq_matrix(t: MatrixTask, cfg: QuantizeConfig) -> LayerOutcome:
     S = None if m_pad is None or m_pad.is_identity else m_pad.dense().to(W)
     base = _plain_rtn(Wp, fmt)
     cands: list[tuple[float, str, Codes, torch.Tensor | None]] = []
-    c0 = _round(Wp, S, fmt, cfg)
-    cands.append(
-        (
-            _proxy(W, _eff(c0, g, n, None), m),
-            "gptq"
-            if S is not None and cfg.rounding == "gptq"
-            else "rtn+clip"
-            if cfg.clip_search
-            else "rtn",
-            c0,
-            None,
-        )
-    )
+    loss0, label0, c0 = plain_candidate(Wp, n, S, m, fmt, cfg)
+    cands.append((loss0, label0, c0, None))
     b = cfg.block_size
     note = ""
-    if cfg.transform != "identity" and n % b == 0:
-        gen = torch.Generator().manual_seed(t.seed)
-        if cfg.transform == "learned":
-            fit = learn_transform(
-                W,
-                fmt,
-                block=b,
-                moments=m,
-                family=cfg.transform_family,
-                steps=cfg.steps,
-                lr=cfg.lr,
-                generator=gen,
-            )
-            T, Tinv = _stored_pair(fit.transform, fmt)
-            label = "learned"
-        else:
-            T, Tinv = _stored_pair(
-                random_block_orthogonal(n // b, b, generator=gen, device=W.device), fmt
-            )
-            label = "hadamard"
-        Wt = right_blocks(W, Tinv)
-        Tm = block_diag(T)
-        H = Tm @ (S[:n, :n] if S is not None else torch.eye(n, device=W.device)) @ Tm.T
-        # the group padding goes after the transform: T acts on the n real inputs only
-        c1 = _round(pad_columns(Wt, g), _pad_hessian(H, n_pad), fmt, cfg)
-        rounding = (
-            "gptq"
-            if cfg.rounding == "gptq" and not _is_diagonal(H)
-            else "rtn+clip"
-            if cfg.clip_search
-            else "rtn"
-        )
-        cands.append((_proxy(W, _eff(c1, g, n, T), m), f"{label}+{rounding}", c1, T.contiguous()))
-    elif cfg.transform != "identity":
-        note = f"no transform: block {b} does not divide in_features={n}"
+    if t.transform is not None:
+        T0, label = t.transform.to(W), "learned" if cfg.transform == "learned" else "hadamard"
+    elif cfg.transform != "identity" and n % b == 0:
+        T0, label = cafeq_transform(W, m, fmt, cfg, t.seed)
+    else:
+        T0, label = None, ""
+        if cfg.transform != "identity":
+            note = f"no transform: block {b} does not divide in_features={n}"
+    if T0 is not None:
+        loss1, rounding, c1, T1 = transform_candidate(W, T0, S, m, fmt, cfg)
+        cands.append((loss1, f"{label}+{rounding}", c1, T1))
     if cfg.select:
         _, choice, c, T_ = min(cands, key=lambda x: x[0])
     else:

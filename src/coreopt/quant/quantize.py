@@ -8,6 +8,7 @@ import fnmatch
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +18,29 @@ from torch import nn
 
 from coreopt.objective import init_linalg, resolve_device
 from coreopt.parallel import parallel_map
-from coreopt.quant.config import MetaDeviceError, NonFiniteWeightError, QuantizeConfig
+from coreopt.quant.budget import Option, choose_options, stored_bits
+from coreopt.quant.config import (
+    MetaDeviceError,
+    NonFiniteWeightError,
+    QuantizeConfig,
+    get_method,
+)
+from coreopt.quant.format import QuantFormat
+from coreopt.quant.layouts import (
+    exclude_tensor_reads,
+    linearize_conv1d,
+    mark_tensor_reads,
+    restore_conv1d,
+)
 from coreopt.quant.linear import QuantizedLinear
-from coreopt.quant.methods import LayerOutcome, MatrixTask, PairTask, get_method, layer_prior
+from coreopt.quant.methods import (
+    LayerOutcome,
+    MatrixTask,
+    PairTask,
+    cafeq_transform,
+    estimate_loss,
+    layer_prior,
+)
 from coreopt.quant.pairs import (
     PairProblem,
     fold_gated,
@@ -59,6 +80,9 @@ class LayerReport:
         rel_error_rtn, rel_error: ``||W − Ŵ||_F / ||W||_F`` of RTN and of the result.
         seconds: wall time spent on the layer (its share of a pair).
         note: anything worth knowing (why no transform, the pair's product losses, ...).
+        bits, group_size: the layer's integer format (layers differ under a byte budget).
+        stored_bytes: bytes the layer stores for its weight: packed codes (group padding
+            included), scales, zero points and transform blocks; the bias is not included.
     """
 
     name: str
@@ -72,6 +96,14 @@ class LayerReport:
     rel_error: float
     seconds: float
     note: str = ""
+    bits: int = 0
+    group_size: int = 0
+    stored_bytes: int = 0
+
+    @property
+    def bits_per_weight(self) -> float:
+        """``8 · stored_bytes / (out · in)``: every stored bit per real weight."""
+        return 8 * self.stored_bytes / (self.shape[0] * self.shape[1])
 
 
 @dataclass(frozen=True)
@@ -82,8 +114,11 @@ class QuantizeResult:
         config: the configuration used.
         layers: one :class:`LayerReport` per quantized layer, in model order.
         skipped: ``{name: reason}`` for linear layers left in floating point.
-        memory_before, memory_after: bytes of all parameters and buffers (tied tensors once).
+        memory_before, memory_after: bytes of all parameters and buffers of the whole model
+            (embeddings, head, norms, biases included; tied tensors once).
         wall_time: seconds for the whole call.
+        previous: the report of an earlier call on the same model (its layers are also in
+            ``layers``), or ``None``.
     """
 
     config: QuantizeConfig
@@ -92,6 +127,20 @@ class QuantizeResult:
     memory_before: int = 0
     memory_after: int = 0
     wall_time: float = 0.0
+    previous: QuantizeResult | None = None
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes the quantized layers store for their weights (codes, scales, zero points,
+        padding, transforms; biases excluded)."""
+        return sum(r.stored_bytes for r in self.layers)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Average stored bits per quantized weight, every stored bit counted (``8 ·
+        stored_bytes / Σ out · in``)."""
+        n = sum(r.shape[0] * r.shape[1] for r in self.layers)
+        return 8 * self.stored_bytes / n if n else float("nan")
 
     @property
     def compression(self) -> float:
@@ -109,41 +158,71 @@ class QuantizeResult:
 
     def table(self) -> str:
         """The per-layer report as a markdown table."""
-        head = "| layer | shape | choice | dual | proxy RTN | proxy | rel. err RTN | rel. err | s |"
-        rows = [head, "| :--- | :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: |"]
+        head = (
+            "| layer | shape | bits/group | bits per weight | choice | dual | proxy RTN | proxy "
+            "| rel. err RTN | rel. err | s |"
+        )
+        rows = [
+            head,
+            "| :--- | :--- | :--- | ---: | :--- | :--- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in self.layers:
             rows.append(
-                f"| {r.name} | {r.shape[0]}×{r.shape[1]} | {r.choice} | {r.dual or ''} | "
+                f"| {r.name} | {r.shape[0]}×{r.shape[1]} | {r.bits}/{r.group_size} | "
+                f"{r.bits_per_weight:.3f} | {r.choice} | {r.dual or ''} | "
                 f"{r.proxy_rtn:.4f} | {r.proxy:.4f} | {r.rel_error_rtn:.4f} | {r.rel_error:.4f} | "
                 f"{r.seconds:.2f} |"
             )
         return "\n".join(rows)
 
     def __str__(self) -> str:
+        fmt = (
+            f"budget {self.config.bits_per_weight} bits/weight"
+            if self.config.bits_per_weight is not None
+            else f"{self.config.bits}-bit g{self.config.group_size}"
+        )
         return (
-            f"QuantizeResult({len(self.layers)} layers, {self.config.bits}-bit "
-            f"g{self.config.group_size} "
-            f"{self.config.method}, mean rel. error {self.mean_rel_error:.4f} "
+            f"QuantizeResult({len(self.layers)} layers, {fmt}, {self.bits_per_weight:.3f} stored "
+            f"bits/weight, {self.config.method}, mean rel. error {self.mean_rel_error:.4f} "
             f"(RTN {self.mean_rel_error_rtn:.4f}), {self.memory_before / 2**20:.1f} MiB -> "
             f"{self.memory_after / 2**20:.1f} MiB, {self.wall_time:.1f} s)"
         )
 
 
+def _plain_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors holding ``t``'s data: ``t`` itself, or the inner tensors of a wrapper
+    tensor subclass (torchao's quantized tensors, DTensor's local shard) via
+    ``__tensor_flatten__``."""
+    if type(t) in (torch.Tensor, nn.Parameter) or not hasattr(t, "__tensor_flatten__"):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [p for n in names for p in _plain_tensors(getattr(t, n))]
+
+
 def model_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer of ``model``, shared storage counted once."""
+    """Bytes of every parameter and buffer of ``model``, shared storage counted once (tensor
+    subclasses: the bytes of the plain tensors inside them)."""
     seen: set[tuple[int, int]] = set()
     total = 0
-    for t in [*model.parameters(), *model.buffers()]:
-        key = (
-            (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-            if t.device.type != "meta"
-            else (id(t), 0)
-        )
-        if key in seen and key[0] != 0:
-            continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
+    for outer in [*model.parameters(), *model.buffers()]:
+        for t in _plain_tensors(outer):
+            key = (
+                (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+                if t.device.type != "meta"
+                else (id(t), 0)
+            )
+            if key in seen and key[0] != 0:
+                continue
+            seen.add(key)
+            total += t.numel() * t.element_size()
     return total
+
+
+def _is_tied_to_embedding(model: nn.Module, linear: nn.Module) -> bool:
+    w = getattr(linear, "weight", None)
+    return any(
+        isinstance(m, nn.Embedding) and m.weight is w for m in model.modules() if m is not linear
+    )
 
 
 def _head_names(model: nn.Module) -> set[str]:
@@ -195,6 +274,11 @@ def select_targets(
             skipped[n] = "matches skip"
         elif n in heads and not cfg.include_head:
             skipped[n] = "output head (include_head=False)"
+        elif n in heads and _is_tied_to_embedding(model, m):
+            skipped[n] = (
+                "output head tied to the input embedding: quantizing it would store a second "
+                "copy next to the float embedding (the model would grow)"
+            )
         else:
             out.append(n)
     return out, skipped
@@ -204,6 +288,12 @@ def _validate(model: nn.Module, names: list[str]) -> None:
     modules = dict(model.named_modules())
     for n in names:
         w = modules[n].weight
+        if type(w) not in (torch.Tensor, nn.Parameter):
+            raise TypeError(
+                f"{n!r} holds a {type(w).__name__} weight (a tensor subclass: already quantized "
+                "by another library such as torchao, or sharded such as DTensor); coreopt.quantize "
+                "needs plain float tensors: load the float model (or gather the shards) first"
+            )
         if w.device.type == "meta":
             raise MetaDeviceError(
                 f"{n!r} is on the meta device: materialise the model's weights (e.g. load them) "
@@ -214,6 +304,11 @@ def _validate(model: nn.Module, names: list[str]) -> None:
         if not bool(torch.isfinite(w).all()):
             raise NonFiniteWeightError(
                 f"{n!r} has NaN or infinite weights; refusing to quantize a broken model"
+            )
+        b = modules[n].bias
+        if b is not None and not bool(torch.isfinite(b).all()):
+            raise NonFiniteWeightError(
+                f"{n!r} has a NaN or infinite bias; refusing to quantize a broken model"
             )
 
 
@@ -467,8 +562,16 @@ def quantize(
             calibration-free). Used by the ``"structure"`` priors.
         **overrides: other fields of :class:`QuantizeConfig`.
 
+    With ``bits_per_weight=B`` the formats are chosen per layer instead: bits, group size and
+    whether a transform (and of which block size) is worth its bytes, minimising the summed proxy
+    loss under an average of ``B`` stored bits per quantized weight, every stored byte counted
+    (see :mod:`coreopt.quant.budget`). ``model.quantization_report.bits_per_weight`` reports what
+    was stored.
+
     Returns:
-        ``model`` itself, with ``model.quantization_report`` (a :class:`QuantizeResult`).
+        ``model`` itself, with ``model.quantization_report`` (a :class:`QuantizeResult`). A second
+        call on the same model (other layers) keeps the first report in ``previous`` and its layers
+        in ``layers``.
 
     Raises:
         UnsupportedFormatError: bits or group size outside the supported formats.
@@ -495,8 +598,28 @@ def quantize(
         **{k: v for k, v in shortcuts.items() if v is not None},
         **overrides,
     )
-    names, skipped = select_targets(model, cfg, targets)
+    if cfg.bits_per_weight is not None and (bits is not None or group_size is not None):
+        raise ValueError(
+            "pass either bits/group_size (one format for every layer) or bits_per_weight (a byte "
+            "budget: each layer's format is chosen), not both"
+        )
+    previous = getattr(model, "quantization_report", None)
+    previous = previous if isinstance(previous, QuantizeResult) else None
+    conv1d = linearize_conv1d(model)  # GPT-2's Conv1D as the exact nn.Linear (layouts.py)
+    names: list[str] = []
+    try:
+        names, skipped = exclude_tensor_reads(
+            model, *select_targets(model, cfg, targets), explicit=targets is not None
+        )
+    finally:
+        restore_conv1d(model, conv1d, keep=set(names))  # float ones keep their own layout
+    already = [n for n, m in model.named_modules() if isinstance(m, QuantizedLinear)]
     if not names:
+        if already:
+            raise ValueError(
+                f"the model is already quantized ({len(already)} QuantizedLinear layers) and has "
+                "no nn.Linear layer left to quantize; start again from the float model"
+            )
         kinds = sorted(
             {type(m).__name__ for m in model.modules() if m is not model} or {type(model).__name__}
         )
@@ -504,11 +627,19 @@ def quantize(
             "nothing to quantize: the model has no nn.Linear layer to quantize "
             f"(module types found: {', '.join(kinds[:8])}); only nn.Linear layers are supported"
         )
+    for n in already:
+        skipped[n] = "already quantized (QuantizedLinear)"
     _validate(model, names)
-    memory_before = model_bytes(model)
+    memory_before = model_bytes(model) if previous is None else previous.memory_before
     device = None if cfg.device is None else resolve_device(cfg.device)
     modules = dict(model.named_modules())
     target_set = set(names)
+    budget = cfg.bits_per_weight is not None
+    if budget:
+        # the dual transforms are learned against the format nearest the budget
+        assert cfg.bits_per_weight is not None
+        fits = [b for b in sorted(cfg.bits_options) if b + 0.5 <= cfg.bits_per_weight]
+        cfg = dataclasses.replace(cfg, bits=fits[-1] if fits else min(cfg.bits_options))
 
     _init_linalg(model, names, device)
     structured = cfg.method == "cafeq" and (cfg.dual or "structure" in cfg.prior)
@@ -550,30 +681,35 @@ def quantize(
                     paired.update((reader, producer))
     tasks.extend(matrix_task(index[n], n) for n in names if n not in paired)
     handler = get_method(cfg.method)
+    shipped = dataclasses.replace(cfg, executor=None)  # what travels to the workers
+    notes: dict[str, str] = {}
+    if budget:
+        jobs = _budget_plan([t for t in tasks if isinstance(t, MatrixTask)], shipped, notes)
+    else:
+        jobs = [(t, _capped(t, shipped, notes)) for t in tasks]
 
     outcomes: dict[str, LayerOutcome] = {}
-    shipped = dataclasses.replace(cfg, executor=None)  # what travels to the workers
 
-    def run(task: MatrixTask | PairTask) -> list[LayerOutcome]:
-        return handler(task, shipped)
+    def run(job: tuple[MatrixTask | PairTask, QuantizeConfig]) -> list[LayerOutcome]:
+        return handler(*job)
 
     for outs in parallel_map(
         run,
-        tasks,
+        jobs,
         executor=cfg.executor,
         max_workers=_workers(cfg),
         progress=cfg.progress,
-        desc=f"quantize {cfg.bits}-bit g{cfg.group_size} ({cfg.method})",
+        desc=f"quantize {cfg.method}",
     ):
         for o in outs:
             outcomes[o.name] = o
 
-    fmt = cfg.format
     reports = []
     for n in names:
         o = outcomes[n]
         old = modules[n]
         dev = old.weight.device
+        fmt = o.fmt or cfg.format
         new = QuantizedLinear.from_codes(
             o.codes.to(dev),
             o.scale.to(dev),
@@ -586,6 +722,7 @@ def quantize(
         new.train(old.training)
         parent_name, _, child = n.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        note = "; ".join(x for x in (notes.get(n, ""), o.note) if x)
         reports.append(
             LayerReport(
                 n,
@@ -598,11 +735,25 @@ def quantize(
                 o.rel_error_rtn,
                 o.rel_error,
                 o.seconds,
-                o.note,
+                note,
+                fmt.bits,
+                fmt.group_size,
+                _stored_bytes(new),
             )
         )
+    if previous is not None:
+        order = {n: i for i, n in enumerate(dict(model.named_modules()))}
+        reports = sorted([*previous.layers, *reports], key=lambda r: order.get(r.name, -1))
+        skipped = {k: v for k, v in skipped.items() if not v.startswith("already quantized")}
+    mark_tensor_reads(model)  # torch's fused transformer-layer path reads linear1.weight
     result = QuantizeResult(
-        cfg, reports, skipped, memory_before, model_bytes(model), time.perf_counter() - start
+        cfg,
+        reports,
+        skipped,
+        memory_before,
+        model_bytes(model),
+        time.perf_counter() - start,
+        previous,
     )
     logger.info("%s", result)
     try:
@@ -610,3 +761,123 @@ def quantize(
     except (AttributeError, TypeError):  # pragma: no cover - exotic modules refusing attributes
         object.__setattr__(model, "quantization_report", result)
     return model
+
+
+def _stored_bytes(layer: QuantizedLinear) -> int:
+    """Bytes of every buffer the layer stores (codes, scales, zero points, transform); the bias
+    (a parameter kept in floating point) is not included."""
+    return int(sum(b.numel() * b.element_size() for b in layer.buffers(recurse=False)))
+
+
+def _capped(t: MatrixTask | PairTask, cfg: QuantizeConfig, notes: dict[str, str]) -> QuantizeConfig:
+    """``cfg`` with the group size capped to the layer's width rounded up to 32 (a group wider
+    than the layer would only store padding), with a warning and a note."""
+    widths = [
+        m.weight.shape[1] for m in ([t.reader, t.producer] if isinstance(t, PairTask) else [t])
+    ]
+    cap = max(-(-w // 32) * 32 for w in widths)
+    if cfg.group_size <= cap:
+        return cfg
+    for m in [t.reader, t.producer] if isinstance(t, PairTask) else [t]:
+        msg = f"group_size {cfg.group_size} > in_features {m.weight.shape[1]}: capped to {cap}"
+        notes[m.name] = msg
+        warnings.warn(f"{m.name}: {msg}", stacklevel=3)
+    return dataclasses.replace(cfg, group_size=cap)
+
+
+def _layer_options(t: MatrixTask, cfg: QuantizeConfig, formats: list[QuantFormat]) -> list[Option]:
+    """The transform-free options of one layer, priced in stored bits, each with its loss
+    estimated by round-to-nearest (range search when ``clip_search``) under the layer's prior."""
+    W = t.weight.float()
+    out, n = W.shape
+    meta = torch.finfo(cfg.scale_dtype).bits
+    m = layer_prior(W, t.moments, cfg.prior)
+    return [
+        Option(
+            f.bits,
+            f.group_size,
+            0,
+            estimate_loss(W, None, m, f, cfg),
+            stored_bits(out, n, f.bits, f.group_size, 0, meta),
+        )
+        for f in formats
+    ]
+
+
+def _budget_plan(
+    tasks: list[MatrixTask], cfg: QuantizeConfig, notes: dict[str, str]
+) -> list[tuple[MatrixTask | PairTask, QuantizeConfig]]:
+    """Spend ``cfg.bits_per_weight`` over the layers (see :mod:`coreopt.quant.budget`).
+
+    1. Price every transform-free format of every layer (bits x group size) and estimate its loss
+       by round-to-nearest under the layer's prior; solve the knapsack.
+    2. For ``"cafeq"`` with a transform: learn each block size of ``block_options`` at the format
+       chosen in 1 and add it as an option (its loss estimated the same way, its blocks priced);
+       solve again.
+    3. Every layer is then quantized at its chosen format (GPTQ against the prior, the learned
+       transform when chosen, the per-layer selection keeping the lower proxy).
+    """
+    assert cfg.bits_per_weight is not None
+    formats = [
+        QuantFormat(b, g, cfg.scale_dtype)
+        for b in sorted(set(cfg.bits_options))
+        for g in sorted(set(cfg.group_options))
+    ]
+    total = cfg.bits_per_weight * sum(t.weight.shape[0] * t.weight.shape[1] for t in tasks)
+    options = list(
+        parallel_map(
+            lambda t: _layer_options(t, cfg, formats),
+            tasks,
+            max_workers=_workers(cfg),
+            progress=False,
+        )
+    )
+    pick = choose_options(options, total)
+    learned: dict[tuple[int, int], torch.Tensor] = {}
+    if cfg.method == "cafeq" and cfg.transform != "identity" and cfg.block_options:
+        meta = torch.finfo(cfg.scale_dtype).bits
+
+        def price_transforms(i: int) -> list[tuple[Option, torch.Tensor]]:
+            t, o = tasks[i], options[i][pick[i]]
+            W = t.weight.float()
+            out, n = W.shape
+            fmt = QuantFormat(o.bits, o.group_size, cfg.scale_dtype)
+            m = layer_prior(W, t.moments, cfg.prior)
+            res = []
+            for k in cfg.block_options:
+                if n % k:
+                    continue
+                T, _ = cafeq_transform(W, m, fmt, dataclasses.replace(cfg, block_size=k), t.seed)
+                loss = estimate_loss(W, T, m, fmt, cfg)
+                cost = stored_bits(out, n, o.bits, o.group_size, k, meta)
+                res.append((Option(o.bits, o.group_size, k, loss, cost), T))
+            return res
+
+        priced = list(
+            parallel_map(
+                price_transforms, list(range(len(tasks))), max_workers=_workers(cfg), progress=False
+            )
+        )
+        for i, extra in enumerate(priced):
+            for opt, T in extra:
+                learned[(i, len(options[i]))] = T
+                options[i].append(opt)
+        pick = choose_options(options, total)
+    jobs: list[tuple[MatrixTask | PairTask, QuantizeConfig]] = []
+    for i, t in enumerate(tasks):
+        o = options[i][pick[i]]
+        T_ = learned.get((i, pick[i]))
+        layer_cfg = dataclasses.replace(
+            cfg,
+            bits=o.bits,
+            group_size=o.group_size,
+            transform=cfg.transform if o.block else "identity",
+            block_size=o.block or cfg.block_size,
+        )
+        notes[t.name] = (
+            f"budget: {o.bits}-bit g{o.group_size}"
+            + (f", {o.block}x{o.block} transform" if o.block else "")
+            + f", estimated proxy {o.loss:.4g}"
+        )
+        jobs.append((dataclasses.replace(t, transform=T_), layer_cfg))
+    return jobs
