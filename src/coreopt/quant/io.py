@@ -18,6 +18,7 @@ from torch import nn
 
 from coreopt.errors import BackendNotInstalledError
 from coreopt.quant.format import QuantFormat
+from coreopt.quant.layouts import _is_conv1d, mark_tensor_reads
 from coreopt.quant.linear import QuantizedLinear
 
 METADATA_KEY = "coreopt.quant.layers"
@@ -75,43 +76,76 @@ def load_quantized(
     """Load a file written by :func:`save_quantized` into ``model``.
 
     ``model`` has the same architecture, unquantized, with any weights: the listed ``nn.Linear``
-    layers are replaced by :class:`QuantizedLinear` layers and every tensor is loaded. Returns
-    ``model``.
+    (or transformers ``Conv1D``) layers are replaced by :class:`QuantizedLinear` layers and every
+    tensor is loaded (strictly: a missing or unexpected tensor raises). Returns ``model``.
 
     Raises:
         ValueError: the file is not a coreopt quantized model, or a listed layer is missing or is
             not an ``nn.Linear`` of the right shape in ``model``.
     """
     layers = read_layer_configs(path)
-    for name, cfg in layers.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        old = getattr(parent, child, None)
-        if isinstance(old, QuantizedLinear):
-            continue
-        if not isinstance(old, nn.Linear):
-            raise ValueError(
-                f"the file quantizes {name!r}, which is not an nn.Linear in this model"
-            )
-        if (old.in_features, old.out_features) != (cfg["in_features"], cfg["out_features"]):
-            raise ValueError(
-                f"{name!r}: shape ({cfg['out_features']}, {cfg['in_features']}) in the file, "
-                f"({old.out_features}, {old.in_features}) in the model"
-            )
-        fmt = QuantFormat(cfg["bits"], cfg["group_size"], _dtype(cfg["scale_dtype"]))
-        new = QuantizedLinear(
-            cfg["in_features"],
-            cfg["out_features"],
-            fmt,
-            bias=cfg["bias"],
-            transform_block=cfg["transform_block"],
-            dtype=_dtype(cfg["bias_dtype"]) if cfg.get("bias_dtype") else torch.float32,
-            device=old.weight.device if old.weight.device.type != "meta" else "cpu",
-        )
-        setattr(parent, child, new)
+    replace_with_quantized(model, layers)
     st = _safetensors()
     missing, unexpected = st.load_model(
         model, os.fspath(path), strict=True, device=str(device) if device is not None else "cpu"
     )
     del missing, unexpected
+    mark_tensor_reads(model)
+    return model
+
+
+def _empty_layer(name: str, old: nn.Module | None, cfg: dict[str, Any]) -> QuantizedLinear:
+    """An empty :class:`QuantizedLinear` for ``cfg`` in place of ``old`` (an ``nn.Linear`` or a
+    transformers ``Conv1D`` of the same shape)."""
+    weight = getattr(old, "weight", None)
+    if isinstance(old, nn.Linear):
+        shape = (old.out_features, old.in_features)
+    elif old is not None and _is_conv1d(old) and isinstance(weight, torch.Tensor):
+        shape = (int(weight.shape[1]), int(weight.shape[0]))  # Conv1D stores (in, out)
+    else:
+        kind = "nothing" if old is None else f"a {type(old).__name__}"
+        raise ValueError(
+            f"the checkpoint quantizes {name!r}, which is {kind} in this model (expected an "
+            "nn.Linear or a transformers Conv1D)"
+        )
+    if shape != (cfg["out_features"], cfg["in_features"]):
+        raise ValueError(
+            f"{name!r}: shape ({cfg['out_features']}, {cfg['in_features']}) in the checkpoint, "
+            f"{shape} in the model"
+        )
+    fmt = QuantFormat(cfg["bits"], cfg["group_size"], _dtype(cfg["scale_dtype"]))
+    return QuantizedLinear(
+        cfg["in_features"],
+        cfg["out_features"],
+        fmt,
+        bias=cfg["bias"],
+        transform_block=cfg["transform_block"],
+        dtype=_dtype(cfg["bias_dtype"]) if cfg.get("bias_dtype") else torch.float32,
+        device=weight.device if isinstance(weight, torch.Tensor) else None,
+    )
+
+
+def replace_with_quantized(model: nn.Module, layers: dict[str, dict[str, Any]]) -> nn.Module:
+    """Replace the listed layers of ``model`` by empty :class:`QuantizedLinear` layers shaped by
+    their configuration (:meth:`QuantizedLinear.config_dict`), on the device of the weight they
+    replace (``meta`` included); the tensors are loaded afterwards. Returns ``model``.
+
+    Raises:
+        ValueError: a listed layer is missing, is not an ``nn.Linear`` / ``Conv1D``, or has
+            another shape.
+    """
+    for name, cfg in layers.items():
+        parent_name, _, child = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name) if parent_name else model
+        except AttributeError:
+            parent = None
+        old = getattr(parent, child, None) if parent is not None else None
+        if isinstance(old, QuantizedLinear):
+            continue
+        new = _empty_layer(name, old, cfg)  # raises unless old is a layer of the right shape
+        assert parent is not None
+        assert old is not None
+        new.train(old.training)
+        setattr(parent, child, new)
     return model
