@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -211,6 +212,8 @@ def assign(
     progress: bool | None = None,
     executor: ExecutorSpec = None,
     max_workers: int | None = None,
+    verify: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> CreditResult:
     """Least-core credit of each source for answering ``query`` (or several queries).
@@ -240,6 +243,16 @@ def assign(
             process; ``"threads"``, ``"ray"`` or a :class:`concurrent.futures.Executor`: one
             least-core solve per query, fanned out (see :func:`assign_items`).
         max_workers: threads for ``executor="threads"``.
+        verify: self-test the LLM's log-probabilities before a ``"logprob"`` solve
+            (:mod:`coreopt.llm.selftest`: a server whose scores are shifted or misaligned is
+            refused with :class:`~coreopt.llm.BadScoresError` before anything else is paid
+            for; a pass is remembered per server and model). ``None`` (default): for backends
+            that ask for it (OpenAI-compatible servers), not for local models or callables.
+        checkpoint: a folder; each query's least-core solve saves its coalition values in a
+            sqlite file there as they are paid for (see :func:`coreopt.least_core`'s
+            ``checkpoint``), named by a hash of everything its values depend on (query,
+            sources, reference, scoring, samples, decoding, the LLM's and judge's identity).
+            A rerun pays only for the coalitions missing from it.
 
     Returns:
         A :class:`CreditResult`.
@@ -261,6 +274,8 @@ def assign(
         progress=progress,
         executor=executor,
         max_workers=max_workers,
+        verify=verify,
+        checkpoint=checkpoint,
         **overrides,
     )
 
@@ -281,6 +296,8 @@ def assign_items(
     embedder: Any = None,
     executor: ExecutorSpec = None,
     max_workers: int | None = None,
+    verify: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> CreditResult:
     """:func:`assign` over several items, each with its own query and sources; a source id shared
@@ -299,7 +316,8 @@ def assign_items(
     be picklable (Ray uses cloudpickle: closures work). Unlike :func:`~coreopt.parallel.
     parallel_map`, ``executor=None`` means one item after another: with a budget shared by the
     items, the first ones get it. Results do not depend on the executor (each solve is seeded),
-    except which items a budget runs out on.
+    except which items a budget runs out on. ``verify`` and ``checkpoint`` are as in
+    :func:`assign`; the self-test runs here, once, before any item is solved.
     """
     if not items:
         raise ValueError("no queries to assign credit for")
@@ -316,6 +334,10 @@ def assign_items(
     if llm_budget is not None and isinstance(llm, LLM):
         answerer.budget = llm_budget
     rater = answerer if judge is None else make_llm(judge, **kw)
+    if mode == "logprob" and (
+        verify or (verify is None and getattr(answerer.backend, "verify_scores", False))
+    ):
+        answerer.verify_scoring()
     if mode == "embedding" and embedder is None:
         from coreopt.credit.embed import MiniLMEmbedder
 
@@ -327,7 +349,15 @@ def assign_items(
         extra["progress"] = progress
     extra.update(overrides)
     cfg = dataclasses.replace(config or LeastCoreConfig(normalize=True, retries=0), **extra)
-    task = _Task(answerer, rater, mode, samples, decoding or Decoding(), cfg, embedder)
+    folder = None
+    if checkpoint is not None:
+        if not isinstance(checkpoint, str | os.PathLike):
+            raise TypeError(f"checkpoint must be a folder path, got {type(checkpoint).__name__}")
+        folder = Path(checkpoint)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"checkpoint={str(folder)!r} must be a folder (one file per query)")
+        folder.mkdir(parents=True, exist_ok=True)
+    task = _Task(answerer, rater, mode, samples, decoding or Decoding(), cfg, embedder, folder)
     per_query: list[QueryCredit] = []
     unsolved: list[str] = []
     if executor is None:
@@ -352,9 +382,14 @@ def assign_items(
         if judged is not None and rater is not answerer:
             rater.usage.add(judged)
     if not per_query:
-        raise BudgetExhaustedError(
-            f"the LLM budget ({answerer.budget}) ran out before any query could be solved; "
+        kept = (
             "every call paid for is in the LLM cache"
+            if answerer.cache is not None
+            else "the LLM cache is off: nothing paid for was kept"
+        )
+        raise BudgetExhaustedError(
+            f"the LLM budget ({_budget_words(answerer.budget)}) ran out before any query could "
+            f"be solved; {kept}"
         )
     total: dict[Hashable, float] = {}
     for q in per_query:
@@ -377,6 +412,15 @@ def assign_items(
     )
 
 
+def _budget_words(budget: Budget) -> str:
+    parts = []
+    if budget.calls is not None:
+        parts.append(f"at most {budget.calls} paid calls")
+    if budget.tokens is not None:
+        parts.append(f"at most {budget.tokens} tokens")
+    return ", ".join(parts) or "unlimited"
+
+
 @dataclass
 class _Task:
     llm: LLM
@@ -386,6 +430,25 @@ class _Task:
     decoding: Decoding
     cfg: LeastCoreConfig
     embedder: Any
+    checkpoint: Path | None = None
+
+    def checkpoint_file(self, item: CreditItem, template: str) -> Path | None:
+        """This item's checkpoint file: named by everything its values depend on."""
+        if self.checkpoint is None:
+            return None
+        judged = self.judge.identity + "/" + self.judge.model if self.scoring == "judge" else ""
+        name = text_hash(
+            template,
+            item.reference or "",
+            self.scoring,
+            str(self.samples),
+            self.decoding.key(),
+            self.llm.identity,
+            self.llm.model,
+            str(getattr(self.llm.backend, "score_format", "")),
+            judged,
+        )
+        return self.checkpoint / f"query-{name}.sqlite"
 
     async def solve(self, item: CreditItem) -> QueryCredit:
         from coreopt.game.solver import aleast_core
@@ -438,7 +501,11 @@ class _Task:
             values[coalition] = mean
             return mean
 
-        res = await aleast_core(value, ids, config=self.cfg)
+        await self.llm.resolve_identity()
+        await self.judge.resolve_identity()
+        res = await aleast_core(
+            value, ids, config=self.cfg, checkpoint=self.checkpoint_file(item, template)
+        )
         return QueryCredit(
             query=item.query,
             credit=dict(res.payoff),

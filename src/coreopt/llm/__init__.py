@@ -84,25 +84,43 @@ LLMSpec = LLM | Backend | Callable[..., Any] | str | None
 the embedded model)."""
 
 
-def make_backend(spec: Backend | Callable[..., Any] | str | None, **kwargs: Any) -> Backend:
+def make_backend(
+    spec: Backend | Callable[..., Any] | str | None,
+    *,
+    server: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Backend:
     """Build a backend from a specification (see :data:`LLMSpec`).
+
+    Args:
+        spec: see :data:`LLMSpec`.
+        server: options for server backends only (ignored for the embedded model, ``hf:PATH``
+            and callables): ``timeout`` and ``chat_template`` for :class:`OpenAIBackend`,
+            ``timeout`` for :class:`AnthropicBackend`.
+        **kwargs: passed to the backend's constructor (or :func:`embedded`).
 
     A configured server is never replaced by the embedded model: when
     ``COREOPT_LLM_BASE_URL``/``COREOPT_LLM_MODEL`` is set, ``None`` means that server, and its
     failures are raised.
+
+    Examples:
+        >>> make_backend("openai:my-model", server={"timeout": 5.0}).timeout  # doctest: +SKIP
+        5.0
     """
+    opts = dict(server or {})
+    anthropic_opts = {k: v for k, v in opts.items() if k == "timeout"}
     if spec is None:
         if os.environ.get("COREOPT_LLM_BASE_URL") or os.environ.get("COREOPT_LLM_MODEL"):
-            return OpenAIBackend(**kwargs)
+            return OpenAIBackend(**opts, **kwargs)
         return embedded(**kwargs)
     if isinstance(spec, str):
         kind, _, arg = spec.partition(":")
         if kind == "embedded":
             return embedded(**kwargs)
         if kind == "openai":
-            return OpenAIBackend(arg or None, **kwargs)
+            return OpenAIBackend(arg or None, **opts, **kwargs)
         if kind == "anthropic":
-            return AnthropicBackend(arg or None, **kwargs)
+            return AnthropicBackend(arg or None, **anthropic_opts, **kwargs)
         if kind in ("hf", "transformers") and arg:
             return TransformersBackend.from_pretrained(arg, **kwargs)
         raise ValueError(
