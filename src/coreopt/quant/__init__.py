@@ -7,6 +7,8 @@ paired weights and the rounding from the weights alone, against a proxy of the q
 * :func:`quantize`, :class:`QuantizeConfig`, :class:`QuantizeResult`, :class:`LayerReport`;
 * formats and storage: :class:`QuantFormat`, :class:`QuantizedLinear`, :func:`pack_bits`,
   :func:`unpack_bits`, :func:`save_quantized`, :func:`load_quantized`;
+* deployment: :func:`set_runtime`, :func:`runtime_report` (packed kernels, disk vs runtime
+  bytes); transformers ``save_pretrained``/``from_pretrained`` through :mod:`coreopt.quant.hf`;
 * building blocks: :func:`learn_transform`, :func:`gptq`, the dual transforms
   (:func:`fold_vo`, :func:`fold_qk`, :func:`fold_gated`), :func:`discover`;
 * extension: :func:`register_method`.
@@ -21,6 +23,7 @@ from coreopt.quant.format import (
     fake_quantize,
     rtn,
 )
+from coreopt.quant.hf import install_import_hook as _install_import_hook
 from coreopt.quant.io import load_quantized, save_quantized
 from coreopt.quant.linear import QuantizedLinear
 from coreopt.quant.methods import LayerOutcome, MatrixTask, PairTask, register_method
@@ -35,6 +38,7 @@ from coreopt.quant.quantize import (
     quantize,
 )
 from coreopt.quant.rounding import gptq
+from coreopt.quant.runtime import RuntimeReport, runtime_report, set_runtime
 from coreopt.quant.single import learn_transform
 from coreopt.quant.structure import ModelStructure, discover
 
@@ -52,6 +56,7 @@ __all__ = [
     "QuantizeConfig",
     "QuantizeResult",
     "QuantizedLinear",
+    "RuntimeReport",
     "UnsupportedFormatError",
     "dequantize_codes",
     "discover",
@@ -68,6 +73,10 @@ __all__ = [
     "quantize",
     "register_method",
     "rtn",
+    "runtime_report",
     "save_quantized",
+    "set_runtime",
     "unpack_bits",
 ]
+
+_install_import_hook()  # transformers learns quant_method "coreopt" (see coreopt.quant.hf)

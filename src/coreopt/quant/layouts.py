@@ -127,3 +127,12 @@ def mark_tensor_reads(model: nn.Module) -> list[str]:
                     q.__class__ = TensorReadQuantizedLinear
                     done.append(f"{n}.{child}" if n else child)
     return done
+
+
+def finish_quantized(model: nn.Module) -> None:
+    """What :func:`coreopt.quantize` does last: :func:`mark_tensor_reads`, and for a transformers
+    model the ``quantization_config`` that ``save_pretrained`` writes (:mod:`coreopt.quant.hf`)."""
+    from coreopt.quant.hf import attach_config
+
+    mark_tensor_reads(model)
+    attach_config(model)
