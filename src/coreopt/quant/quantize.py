@@ -28,8 +28,8 @@ from coreopt.quant.config import (
 from coreopt.quant.format import QuantFormat
 from coreopt.quant.layouts import (
     exclude_tensor_reads,
+    finish_quantized,
     linearize_conv1d,
-    mark_tensor_reads,
     restore_conv1d,
 )
 from coreopt.quant.linear import QuantizedLinear
@@ -745,7 +745,7 @@ def quantize(
         order = {n: i for i, n in enumerate(dict(model.named_modules()))}
         reports = sorted([*previous.layers, *reports], key=lambda r: order.get(r.name, -1))
         skipped = {k: v for k, v in skipped.items() if not v.startswith("already quantized")}
-    mark_tensor_reads(model)  # torch's fused transformer-layer path reads linear1.weight
+    finish_quantized(model)  # layouts.py: torch's fused paths; transformers' quantization_config
     result = QuantizeResult(
         cfg,
         reports,
