@@ -337,7 +337,14 @@ def assign_items(
     if mode == "logprob" and (
         verify or (verify is None and getattr(answerer.backend, "verify_scores", False))
     ):
-        answerer.verify_scoring()
+        try:
+            answerer.verify_scoring()
+        except BudgetExhaustedError as exc:
+            raise BudgetExhaustedError(
+                f"the LLM budget ({_budget_words(answerer.budget)}) leaves no room for the "
+                f"self-test of {answerer.describe()}'s log-probabilities (2 calls, remembered "
+                f"once passed): {exc}"
+            ) from exc
     if mode == "embedding" and embedder is None:
         from coreopt.credit.embed import MiniLMEmbedder
 
