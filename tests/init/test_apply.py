@@ -3,7 +3,7 @@ import torch
 from init_layouts import Block, GQAttention
 from torch import nn
 
-from coreopt.init import MimeticAttentionConfig, apply, find_attention
+from coreopt.init import MimeticAttentionConfig, NothingInitialisedError, apply, find_attention
 
 
 def test_apply_walks_a_model_and_lists_what_it_does_not_know() -> None:
@@ -64,7 +64,10 @@ def test_presets_and_parts() -> None:
 def test_inconsistent_attention_is_reported_as_error_not_skipped() -> None:
     bad = GQAttention(16, 4, 2)
     bad.num_heads = 3  # 16 rows do not split into 3 heads
-    report = apply(nn.Sequential(bad), seed=0)
+    # Nothing initialised: apply raises, with the error in its message and the report attached.
+    with pytest.raises(NothingInitialisedError, match="num_heads") as info:
+        apply(nn.Sequential(bad), seed=0)
+    report = info.value.report
     assert [e.action for e in report.entries] == ["error"]
     assert "num_heads" in report.entries[0].detail
 

@@ -13,8 +13,21 @@
 Convention: the papers' row-vector form ``q = x W_q``; ``nn.Linear.weight`` stores ``W.T``.
 """
 
-from coreopt.init.apply import PARTS, PRESETS, InitEntry, InitReport, apply, detect
-from coreopt.init.attention import AttentionProjections, find_attention, mimetic_attention_
+from coreopt.init.apply import (
+    PARTS,
+    PRESETS,
+    InitEntry,
+    InitReport,
+    NothingInitialisedError,
+    apply,
+    detect,
+)
+from coreopt.init.attention import (
+    AttentionProjections,
+    find_attention,
+    is_cross_attention,
+    mimetic_attention_,
+)
 from coreopt.init.config import (
     CovarianceConvConfig,
     MimeticAttentionConfig,
@@ -44,6 +57,7 @@ __all__ = [
     "MimeticAttentionConfig",
     "MimeticMLPConfig",
     "MimeticSSMConfig",
+    "NothingInitialisedError",
     "SSMProjections",
     "VerifyReport",
     "apply",
@@ -55,6 +69,7 @@ __all__ = [
     "find_mlp_first_layers",
     "find_ssm",
     "gaussian_covariance",
+    "is_cross_attention",
     "is_depthwise",
     "mimetic_attention_",
     "mimetic_mlp_",

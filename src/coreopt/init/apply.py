@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -11,7 +12,12 @@ import torch
 from torch import nn
 
 from coreopt.init._linalg import make_generator
-from coreopt.init.attention import find_attention, init_projections_, record_init
+from coreopt.init.attention import (
+    find_attention,
+    init_projections_,
+    is_cross_attention,
+    record_init,
+)
 from coreopt.init.config import (
     CovarianceConvConfig,
     MimeticAttentionConfig,
@@ -49,6 +55,20 @@ PRESETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 """``recipe`` name -> (default parts, config overrides). ``"mimetic"`` is ``"vision"``."""
 
 PerLayer = Callable[[str, str, int], Any]
+
+CROSS_ATTENTION_SKIPPED = (
+    "cross-attention: the mimetic recipe is defined for self-attention only (queries and keys "
+    "read different streams here); MimeticAttentionConfig(cross_attention=True) applies it "
+    "anyway (a reconstruction)"
+)
+
+
+class NothingInitialisedError(ValueError):
+    """:func:`apply` found no layer to initialise (the report is attached as ``.report``)."""
+
+    def __init__(self, message: str, report: InitReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -193,7 +213,9 @@ def apply(
     """Walk ``model``, initialise every layer a selected recipe knows, and report.
 
     Recognised (see :func:`detect`): attention layers (``nn.MultiheadAttention``, timm-style
-    fused ``qkv``, separate q/k/v/o incl. grouped-query attention, coreopt's
+    fused ``qkv``, separate q/k/v/o incl. grouped-query attention, HF BERT
+    (``self.query/key/value`` + ``output.dense``) and GPT-2 (fused ``Conv1D`` ``c_attn`` and
+    ``c_proj``), coreopt's
     :class:`~coreopt.models.Attention` and :class:`~coreopt.models.OryxMixer`), Mamba-2-style
     SSM layers (``A_log`` + ``dt_bias``; :class:`~coreopt.models.Mamba2Mixer`), MLP blocks
     (first layers ``fc1``, ``up_proj``/``gate_proj``, ...) and depthwise ``Conv2d``. A module
@@ -214,8 +236,20 @@ def apply(
         dry_run: report what would change without touching any weight.
         seed, generator: randomness (one of them; neither uses torch's global RNG).
 
+    Cross-attention layers (T5 ``EncDecAttention``, ``nn.TransformerDecoderLayer.multihead_attn``,
+    BERT/GPT-2 ``crossattention``, BART ``encoder_attn``; see
+    :func:`~coreopt.init.attention.is_cross_attention`) are reported ``"skipped"`` with the
+    reason: the paper defines the recipe for self-attention only.
+    ``MimeticAttentionConfig(cross_attention=True)`` initialises them too (a reconstruction).
+
     Returns:
         An :class:`InitReport`.
+
+    Raises:
+        NothingInitialisedError: no layer of ``model`` was initialised and none was recognised
+            (e.g. an architecture the walk does not know); the report is attached. When layers
+            were recognised but all skipped (``parts``, ``per_layer``, cross-attention), a
+            ``UserWarning`` is issued instead, and a dry run only logs a warning.
 
     Examples:
         >>> import torch
@@ -267,6 +301,11 @@ def apply(
                 why = "part not selected" if part not in chosen else "per_layer returned None"
                 report.entries.append(InitEntry(name, type(module).__name__, part, "skipped", why))
                 continue
+            if part == "attention" and is_cross_attention(name, module) and not cfg.cross_attention:
+                report.entries.append(
+                    InitEntry(name, type(module).__name__, part, "skipped", CROSS_ATTENTION_SKIPPED)
+                )
+                continue
             if dry_run:
                 report.entries.append(
                     InitEntry(name, type(module).__name__, part, "would initialise", detail)
@@ -295,4 +334,30 @@ def apply(
             handled.update(id(m) for _, m in find_mlp_first_layers(module))
             # the MLP block's other layers (fc2, down_proj) are left as they are: list them.
     logger.info("%s", report)
+    if not report.changed:
+        _nothing_changed(model, report)
     return report
+
+
+def _nothing_changed(model: nn.Module, report: InitReport) -> None:
+    """Raise :class:`NothingInitialisedError`: a walk that changed nothing is never silent."""
+    kinds = sorted({e.type for e in report.unrecognised})
+    skipped = [e for e in report.entries if e.action == "skipped"]
+    errors = [f"{e.name}: {e.detail}" for e in report.errors]
+    msg = (
+        f"coreopt.init.apply(recipe={report.recipe!r}, parts={report.parts}) initialised no "
+        f"layer of {type(model).__name__}"
+    )
+    if errors:
+        msg += f"; errors: {errors[:3]}"
+    if skipped:
+        msg += f"; {len(skipped)} recognised layer(s) skipped ({skipped[0].detail})"
+    if kinds:
+        msg += f"; modules no recipe recognises: {kinds[:8]}"
+    msg += ". Check `parts`/`recipe`/`per_layer`; the report lists every module"
+    if report.dry_run:
+        logger.warning("%s", msg)
+    elif skipped:  # recognised layers skipped on purpose (parts, per_layer, cross-attention)
+        warnings.warn(msg, UserWarning, stacklevel=3)
+    else:
+        raise NothingInitialisedError(msg, report)

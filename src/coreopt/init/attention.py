@@ -10,6 +10,7 @@ query projection is the *rows* ``h k:(h+1) k`` of its weight, and ``W_q^h W_k^{h
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -22,6 +23,15 @@ _K_NAMES = ("k_proj", "key", "k", "wk", "to_k")
 _V_NAMES = ("v_proj", "value", "v", "wv", "to_v")
 _O_NAMES = ("o_proj", "out_proj", "o", "wo", "to_out", "proj")
 _HEADS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads")
+_CROSS_NAMES = (
+    "multihead_attn",  # nn.TransformerDecoderLayer
+    "EncDecAttention",  # T5
+    "crossattention",  # BERT / GPT-2 decoders
+    "cross_attention",
+    "cross_attn",
+    "encoder_attn",  # BART, Whisper, Marian
+    "src_attn",
+)
 _KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")
 
 
@@ -34,8 +44,10 @@ class AttentionProjections:
 
     Attributes:
         layout: ``"fused_qkv"`` (timm: rows ``[Q|K|V]``, heads contiguous), ``"separate"``
-            (q/k/v/o projections; grouped-query attention when ``num_kv_heads < num_heads``), or
-            ``"multihead_attention"`` (``nn.MultiheadAttention``).
+            (q/k/v/o projections; grouped-query attention when ``num_kv_heads < num_heads``),
+            ``"multihead_attention"`` (``nn.MultiheadAttention``), ``"bert"`` (``self.query/
+            key/value`` + ``output.dense``) or ``"gpt2_conv1d"`` (GPT-2's fused ``Conv1D``
+            ``c_attn``/``c_proj``, weights stored ``(in, out)``: the views are transposes).
         d_model: the input width of q/k/v and the output width of o.
         num_heads, num_kv_heads, head_dim: head structure; query head ``h`` reads key/value head
             ``h // (num_heads // num_kv_heads)`` (the ``repeat_interleave`` convention of HF).
@@ -132,8 +144,11 @@ def find_attention(
     Recognised: ``nn.MultiheadAttention``; a fused ``qkv`` ``nn.Linear`` plus an output ``proj``
     or ``out_proj`` (timm ``Attention`` and coreopt's ViT); separate q/k/v/o linears under the
     usual names (``q_proj``/``k_proj``/``v_proj``/``o_proj`` of HF Llama/Mistral incl. grouped-query
-    attention, ``q``/``k``/``v``/``o``, ``query``/``key``/``value`` + ``out_proj``, ...). The head
-    count comes from ``num_heads`` or an attribute (``num_heads``, ``num_attention_heads``,
+    attention, ``q``/``k``/``v``/``o``, ``query``/``key``/``value`` + ``out_proj``, ...); HF BERT's
+    ``BertAttention`` (``self.query/key/value`` with the sibling ``output.dense``, found at the
+    parent that owns both); HF GPT-2's ``GPT2Attention`` (fused ``Conv1D`` ``c_attn`` and
+    ``c_proj``, weights stored ``(in, out)``). The head count comes from ``num_heads`` or an
+    attribute (``num_heads``, ``num_attention_heads``,
     ``n_heads``, ...; also on ``module.config``).
 
     Raises:
@@ -170,6 +185,12 @@ def find_attention(
             None if b is None else b[2 * inner :],
             out.bias,
         )
+    gpt2 = _from_gpt2(module, H)
+    if gpt2 is not None:
+        return gpt2
+    bert = _from_bert(module, H)
+    if bert is not None:
+        return bert
     q = _child_linear(module, _Q_NAMES)
     k = _child_linear(module, _K_NAMES)
     v = _child_linear(module, _V_NAMES)
@@ -194,6 +215,108 @@ def find_attention(
         v.bias,
         o.bias,
     )
+
+
+def _from_bert(module: nn.Module, H: object) -> AttentionProjections | None:
+    """HF BERT/RoBERTa/ViT-HF ``*Attention``: ``self.query/key/value`` and ``output.dense``."""
+    inner = getattr(module, "self", None)
+    if not isinstance(inner, nn.Module):
+        inner = getattr(module, "attention", None)
+    output = getattr(module, "output", None)
+    if not isinstance(inner, nn.Module) or not isinstance(output, nn.Module):
+        return None
+    q = _child_linear(inner, ("query",))
+    k = _child_linear(inner, ("key",))
+    v = _child_linear(inner, ("value",))
+    o = _child_linear(output, ("dense",))
+    if q is None or k is None or v is None or o is None:
+        return None
+    H = _heads(module, H if H is not None else _first_attr(inner, _HEADS))
+    return AttentionProjections(
+        "bert",
+        q.in_features,
+        H,
+        H,
+        q.out_features // H,
+        q.weight,
+        k.weight,
+        v.weight,
+        o.weight,
+        q.bias,
+        k.bias,
+        v.bias,
+        o.bias,
+    )
+
+
+def _is_conv1d(m: object) -> bool:
+    """GPT-2's ``Conv1D``: a ``weight`` of shape ``(nx, nf)`` = (in, out) and ``nf``/``nx``."""
+    return (
+        isinstance(m, nn.Module)
+        and isinstance(getattr(m, "weight", None), torch.Tensor)
+        and hasattr(m, "nf")
+        and hasattr(m, "nx")
+    )
+
+
+def _from_gpt2(module: nn.Module, H: object) -> AttentionProjections | None:
+    """HF GPT-2 ``GPT2Attention``: fused ``c_attn`` (``Conv1D``, weight ``(d, 3d)``) + ``c_proj``.
+
+    Cross-attention (``is_cross_attention``) has ``q_attn`` ``(d, d)`` and ``c_attn`` ``(d, 2d)``
+    (keys and values only).
+    """
+    c_attn, c_proj = getattr(module, "c_attn", None), getattr(module, "c_proj", None)
+    if not (_is_conv1d(c_attn) and _is_conv1d(c_proj)):
+        return None
+    H = _heads(module, H)
+    w = cast(torch.Tensor, c_attn.weight)  # type: ignore[union-attr]
+    b = cast("torch.Tensor | None", getattr(c_attn, "bias", None))
+    d = w.shape[0]
+    q_attn = getattr(module, "q_attn", None)
+    if _is_conv1d(q_attn):  # cross-attention: queries from q_attn, keys/values from c_attn
+        qw = cast(torch.Tensor, q_attn.weight).T  # type: ignore[union-attr]
+        qb = cast("torch.Tensor | None", getattr(q_attn, "bias", None))
+        kw, vw = w[:, :d].T, w[:, d : 2 * d].T
+        kb = None if b is None else b[:d]
+        vb = None if b is None else b[d : 2 * d]
+    else:
+        if w.shape[1] != 3 * d:
+            raise ValueError(
+                f"{type(module).__name__}.c_attn: weight {tuple(w.shape)} is not (d, 3d)"
+            )
+        qw, kw, vw = w[:, :d].T, w[:, d : 2 * d].T, w[:, 2 * d :].T
+        qb = None if b is None else b[:d]
+        kb = None if b is None else b[d : 2 * d]
+        vb = None if b is None else b[2 * d :]
+    ow = cast(torch.Tensor, c_proj.weight).T  # type: ignore[union-attr]
+    return AttentionProjections(
+        "gpt2_conv1d",
+        d,
+        H,
+        H,
+        d // H,
+        qw,
+        kw,
+        vw,
+        ow,
+        qb,
+        kb,
+        vb,
+        cast("torch.Tensor | None", getattr(c_proj, "bias", None)),
+    )
+
+
+def is_cross_attention(name: str, module: nn.Module) -> bool:
+    """Whether the attention layer ``module`` (at qualified ``name``) is cross-attention.
+
+    True when the module says so (``is_cross_attention``: HF BERT, GPT-2) or its attribute name
+    is a known cross-attention slot: ``multihead_attn`` (``nn.TransformerDecoderLayer``),
+    ``EncDecAttention`` (T5), ``crossattention``, ``cross_attention``, ``cross_attn``,
+    ``encoder_attn`` (BART, Whisper), ``src_attn``.
+    """
+    if getattr(module, "is_cross_attention", False) is True:
+        return True
+    return name.rsplit(".", 1)[-1] in _CROSS_NAMES
 
 
 def _heads(module: nn.Module, value: object) -> int:

@@ -42,6 +42,14 @@ class MimeticAttentionConfig:
         alpha_vo, beta_vo: noise scale and (subtracted) identity weight of the value-output
             target (0.4, 0.4). A negative ``beta_vo`` flips the sign of the identity on purpose.
         zero_bias: set the q/k/v/o biases to zero (the paper's choice).
+        cross_attention: also initialise cross-attention layers (T5 ``EncDecAttention``,
+            ``nn.TransformerDecoderLayer.multihead_attn``, BERT/GPT-2 ``crossattention``, ...)
+            with the same recipe. Off by default: the paper defines the recipe for
+            *self*-attention, where queries and keys read the same stream, so ``W_q W_kᵀ ≈ I``
+            means "attend to the same token"; in cross-attention queries and keys read different
+            streams (decoder vs encoder) and the paper says nothing. ``True`` is a
+            reconstruction, not the paper's; :func:`~coreopt.init.apply` reports cross-attention
+            layers as ``"skipped"`` with this reason otherwise.
     """
 
     qk: bool = True
@@ -51,9 +59,10 @@ class MimeticAttentionConfig:
     alpha_vo: float = 0.4
     beta_vo: float = 0.4
     zero_bias: bool = True
+    cross_attention: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("qk", "vo", "zero_bias"):
+        for name in ("qk", "vo", "zero_bias", "cross_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         _positive("alpha_qk", self.alpha_qk, allow_zero=True)

@@ -24,7 +24,7 @@ from torch import nn
 
 from coreopt.init._linalg import mimetic_target
 from coreopt.init.apply import _resolve, detect
-from coreopt.init.attention import find_attention
+from coreopt.init.attention import find_attention, is_cross_attention
 from coreopt.init.config import (
     CovarianceConvConfig,
     MimeticAttentionConfig,
@@ -305,6 +305,12 @@ def verify(
                 if part not in chosen:
                     continue
                 cfg = configs[part]
+                if (
+                    part == "attention"
+                    and is_cross_attention(name, module)
+                    and not cfg.cross_attention
+                ):
+                    continue  # apply skips cross-attention by default: nothing to check
             if part == "attention":
                 report.checks.extend(_check_attention(name, module, cfg))
             elif part == "ssm":
