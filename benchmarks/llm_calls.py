@@ -220,9 +220,10 @@ def coreopt_run(url: str, concurrency: int, prompts: Sequence[Any], folder: str)
     from coreopt.llm import LLM, OpenAIBackend
 
     llm = LLM(
-        OpenAIBackend("fake", base_url=url, api_key="k", max_retries=0),
+        OpenAIBackend("fake", base_url=url, api_key="k"),
         max_concurrency=concurrency,
         cache=Path(folder) / f"{uuid.uuid4().hex}.sqlite",
+        adaptive=False,  # the fixed concurrency of the anchor (the fake server never times out)
     )
 
     async def run() -> None:
@@ -241,9 +242,9 @@ def sdk_run(url: str, concurrency: int, prompts: Sequence[Any]) -> float:
     """Wall seconds for the same requests with the bare ``openai`` client and a semaphore."""
     import openai
 
-    from coreopt.llm.types import as_text
+    from coreopt.llm.prompt import render_chatml
 
-    texts = [as_text(p) + "\n" + RetrievalGame.REFERENCE for p in prompts]
+    texts = [render_chatml(p) + RetrievalGame.REFERENCE for p in prompts]
 
     async def run() -> None:
         client = openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0)
