@@ -133,9 +133,10 @@ class CreditResult:
         for query in self.unsolved:
             lines.append(f"query {query[:48]!r}: unsolved, the LLM budget ran out first")
         u = self.usage
+        retried = f" ({u.retries} retries)" if u.retries else ""
         lines.append(
-            f"{self.model} ({self.scoring}): {u.calls} paid LLM calls, {u.cache_hits} cached, "
-            f"{u.merged} merged, {u.tokens} tokens"
+            f"{self.model} ({self.scoring}): {u.calls} paid LLM calls{retried}, "
+            f"{u.cache_hits} cached, {u.merged} merged, {u.tokens} tokens"
         )
         return "\n".join(lines)
 
