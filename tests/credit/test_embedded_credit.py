@@ -61,3 +61,24 @@ def test_embedding_scoring_with_minilm() -> None:
     )
     assert res.scoring == "embedding"
     assert res.credit["history"] > res.credit["travel"]
+
+
+@needs_model
+def test_server_prompt_format_is_the_embedded_models_and_it_passes_the_self_test() -> None:
+    """A server scores the ChatML text rendered client-side; the embedded model its tokenizer's
+    chat template: the same text, so both value a coalition with the same prompt. The embedded
+    model's own scores pass the self-test (its thresholds fit a real 135M model)."""
+    from coreopt.credit.assign import build_prompt
+    from coreopt.llm.prompt import render_chatml
+    from coreopt.llm.selftest import PROMPT
+
+    backend = embedded()
+    item = load_items(EXAMPLE)[0]
+    for context in ([], list(item.sources.items())[:2]):
+        prompt = build_prompt(item.query, context)
+        assert backend.render(prompt) == render_chatml(prompt)
+    assert backend.render(PROMPT) == render_chatml(PROMPT)
+    llm = LLM(backend, cache=False)
+    report = llm.verify_scoring(force=True)
+    assert report.passed
+    assert report.sure - report.wrong > 20
