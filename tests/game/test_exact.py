@@ -45,15 +45,39 @@ def test_known_least_core_values(game: games.Game) -> None:
         np.testing.assert_allclose(res.x, game.payoff, atol=1e-8)
 
 
-@pytest.mark.parametrize("game", KNOWN, ids=lambda g: g.name)
-def test_symmetric_games_get_the_equal_split_from_tie_breaks(game: games.Game) -> None:
-    if game.payoff is None:
-        pytest.skip("no closed-form payoff")
-    for rule in ("egalitarian", "nucleolus"):
-        res = exact_least_core(game, tie_break=rule)
-        # equal split / unique point, exact up to the tie slack (1e-6 relative)
-        if game.payoff_unique or "symmetric" in game.name or "majority" in game.name:
-            np.testing.assert_allclose(res.x, game.payoff, atol=1e-5)
+@pytest.mark.parametrize("game", [g for g in KNOWN if g.payoff is not None], ids=lambda g: g.name)
+@pytest.mark.parametrize("rule", ["egalitarian", "nucleolus"])
+def test_tie_breaks_pick_the_closed_form_point(game: games.Game, rule: str) -> None:
+    # Every game here with a closed-form payoff has it as its egalitarian and nucleolus point:
+    # unique least cores trivially; symmetric games because both rules pick a unique point that
+    # the symmetry must fix (the equal split); glove(k, k) and miner(6): see the test below.
+    assert game.payoff is not None
+    res = exact_least_core(game, tie_break=rule)
+    np.testing.assert_allclose(res.x, game.payoff, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("game", "split"),
+    [(games.glove(2, 2), 0.5), (games.glove(3, 3), 0.5), (games.miner(6), 0.5)],
+    ids=lambda g: getattr(g, "name", ""),
+)
+@pytest.mark.parametrize("rule", ["egalitarian", "nucleolus"])
+def test_balanced_glove_and_miner_get_the_equal_split(
+    game: games.Game, split: float, rule: str
+) -> None:
+    # Derived by hand, independently of games.py: in glove(k, k) every left-right pair has
+    # v = 1, and summing the pairs of a perfect matching gives x(N) = k >= k (1 - e), so e* = 0
+    # and every pair is tight: x_L + x_R = 1 for all pairs forces x = (t,..,t, 1-t,..,1-t). The
+    # singletons' excesses are -t and -(1 - t): the nucleolus maximises min(t, 1 - t), and the
+    # minimum norm point minimises k t^2 + k (1 - t)^2: both give t = 1/2. In miner(6)
+    # (v(S) = floor(|S| / 2)) the same matching argument gives e* = 0 with x_i + x_j = 1 for all
+    # pairs, whose only solution is x_i = 1/2.
+    n = game.players.n
+    res = exact_least_core(game, tie_break=rule)
+    np.testing.assert_allclose(res.x, np.full(n, split), atol=1e-7)
+    assert res.epsilon == pytest.approx(0.0, abs=TOL)
+    # brute force: the equal split's requirement over every proper coalition is e* = 0
+    assert (game.table() - subset_sums(np.full(n, split)))[1:-1].max() == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("seed", range(4))

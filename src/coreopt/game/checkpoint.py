@@ -8,7 +8,10 @@ file back, pays only for the coalitions not in it, and counts the file's values 
 
 ``KeyboardInterrupt``, SIGTERM (converted to :class:`SolveTerminated` while a solve runs in the
 main thread) and every exception raised during a solve leave with ``err.values``: every value
-known, ``{frozenset_of_labels: value}``, ready for ``known_values=``.
+known, ``{frozenset_of_labels: value}``, ready for ``known_values=``. While a solve runs in the
+main thread, the first SIGINT/SIGTERM that arrives with value calls in flight stops new calls and
+lets those in flight finish (they are paid for: their values are kept), then raises; a second
+signal raises at once.
 """
 
 from __future__ import annotations
@@ -192,7 +195,20 @@ class PaidLedger:
         self.checkpoint = checkpoint
         self.paid: dict[frozenset[Hashable], float] = {}
         self.stop = threading.Event()
+        self.interrupted: int | None = None
+        """The signal that stopped the solve (``signal.SIGINT``/``SIGTERM``), if any."""
+        self.in_flight = 0
         self._lock = threading.Lock()
+
+    def _enter(self) -> None:
+        if self.stop.is_set():
+            raise _Stopped
+        with self._lock:
+            self.in_flight += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def values(
         self, extra: Mapping[frozenset[Hashable], float] | None = None
@@ -241,7 +257,11 @@ class PaidLedger:
             async def async_value(coalition: frozenset[Hashable]) -> Any:
                 if stop.is_set():
                     raise asyncio.CancelledError("least_core was interrupted")
-                out = await value_fn(coalition)
+                self._enter()
+                try:
+                    out = await value_fn(coalition)
+                finally:
+                    self._leave()
                 record(coalition, out)
                 return out
 
@@ -250,9 +270,11 @@ class PaidLedger:
             return value_fn  # the oracle raises the TypeError naming it
 
         def sync_value(coalition: frozenset[Hashable]) -> Any:
-            if stop.is_set():
-                raise _Stopped
-            out = value_fn(coalition)
+            self._enter()
+            try:
+                out = value_fn(coalition)
+            finally:
+                self._leave()
             record(coalition, out)
             return out
 
@@ -269,15 +291,21 @@ class PaidLedger:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        stop = self.stop
+
+        def drain_or_raise(signum: int) -> bool:
+            """True: raise now; False: let the calls in flight finish first (they are paid)."""
+            first = self.interrupted is None
+            self.interrupted = signum
+            self.stop.set()
+            return not first or self.in_flight == 0
 
         def on_int(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-            raise KeyboardInterrupt
+            if drain_or_raise(signum):
+                raise KeyboardInterrupt
 
         def on_term(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-            raise SolveTerminated(values())
+            if drain_or_raise(signum):
+                raise SolveTerminated(values())
 
         saved: list[tuple[signal.Signals, Any]] = []
         for sig, handler, default in (
@@ -304,11 +332,23 @@ class _LedgerVector(VectorizedValue):
         self.ledger = ledger
 
     def evaluate(self, masks: npt.NDArray[np.int64], n: int) -> Any:
-        if self.ledger.stop.is_set():
-            raise _Stopped
-        raw = self.inner.evaluate(masks, n)
+        self.ledger._enter()
+        try:
+            raw = self.inner.evaluate(masks, n)
+        finally:
+            self.ledger._leave()
         self.ledger._record_batch(masks, raw, self.inner)
         return raw
+
+
+def interruption(ledger: PaidLedger, exc: BaseException) -> BaseException:
+    """The exception to raise for ``exc``: after a drained SIGINT/SIGTERM, the calls that gave up
+    (``_Stopped``, ``CancelledError``) become ``KeyboardInterrupt`` / :class:`SolveTerminated`."""
+    if ledger.interrupted is None or not isinstance(exc, _Stopped | asyncio.CancelledError):
+        return exc
+    if ledger.interrupted == signal.SIGTERM:
+        return SolveTerminated()
+    return KeyboardInterrupt()
 
 
 def attach_values(exc: BaseException, values: dict[frozenset[Hashable], float]) -> None:

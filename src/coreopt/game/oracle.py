@@ -87,6 +87,10 @@ class VectorizedValue:
     def check(self, raw: Any, masks: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         """``raw`` as float64 of shape ``(B,)``, or a ValueError naming the mismatch."""
         try:
+            if np.asarray(raw).dtype.kind in "USO" and any(
+                isinstance(v, str | bytes) for v in np.asarray(raw, dtype=object).reshape(-1)
+            ):
+                raise TypeError("strings")  # never coerce '1.5'
             out = np.asarray(raw, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError) as exc:
             raise TypeError(
@@ -248,6 +252,8 @@ class ValueOracle:
 
     def _check(self, mask: int, value: Any) -> float:
         try:
+            if isinstance(value, str | bytes):  # never coerce '1.5': a parsing bug upstream
+                raise TypeError("a string")
             out = float(value)
         except (TypeError, ValueError) as exc:
             raise TypeError(

@@ -28,6 +28,7 @@ from coreopt.game.checkpoint import (
     PaidLedger,
     attach_values,
     game_identity,
+    interruption,
 )
 from coreopt.game.coalitions import MAX_VECTOR_PLAYERS, Players, all_masks
 from coreopt.game.exact import apply_tie_break, build_result, make_lp, solve_table, value_unit
@@ -219,8 +220,11 @@ def _solve(
             res = _solve_known(ledger.wrap(value_fn), players, cfg, known, loop, state)
     except BaseException as exc:
         ledger.stop.set()  # queued calls give up instead of paying
-        attach_values(exc, _all_values(ledger, known_labels, state))
-        raise
+        err = interruption(ledger, exc)
+        attach_values(err, _all_values(ledger, known_labels, state))
+        if err is exc:
+            raise
+        raise err from None
     if store is not None:
         store.close()
     return dataclasses.replace(res, reused_values=len(known))
