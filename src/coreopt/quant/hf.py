@@ -85,6 +85,13 @@ def _build_classes() -> dict[str, Any]:
             layers = getattr(self.quantization_config, "layers", {})
             check_checkpoint(layers, kwargs.get("checkpoint_files") or [])
             replace_with_quantized(model, layers)
+            # transformers initialises the modules of missing keys after loading, and some
+            # parents' _init_weights read their children's .weight (GPT-2 re-initialises
+            # mlp.c_proj.weight): the quantized layers and their parents are loaded, not init.
+            for name in layers:
+                parent_name = name.rpartition(".")[0]
+                for mod in (model.get_submodule(name), model.get_submodule(parent_name)):
+                    mod._is_hf_initialized = True  # type: ignore[assignment]
             return model
 
         def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> Any:
@@ -100,6 +107,7 @@ def _build_classes() -> dict[str, Any]:
             # QuantizedLinear._apply, which keeps the stored metadata; the config keeps the
             # layer list, so save_pretrained writes it again.
             model.hf_quantizer = None  # type: ignore[assignment]
+            model.is_quantized = False  # type: ignore[assignment]  # else .half() is refused
             return model
 
         def is_serializable(self, *args: Any, **kwargs: Any) -> bool:
