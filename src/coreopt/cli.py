@@ -52,6 +52,7 @@ CLI_WORDS = [
     ("(pass it back as known_values= to resume)", "(rerun the same command to resume)"),
     ("pass it back as known_values= to resume", "rerun the same command to resume"),
     ("known_values=", "the cache"),
+    ("err.values", "the cache"),
     ("LLM call budget of", "LLM call budget (--max-calls) of"),
     ("LLM token budget of", "LLM token budget (--max-tokens) of"),
     ("max_concurrency", "--max-concurrency"),
