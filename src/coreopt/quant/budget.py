@@ -21,6 +21,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 
 def stored_bits(
     out_features: int,
@@ -74,9 +76,11 @@ def _cheapest(options: Sequence[Option]) -> int:
 def choose_options(layers: Sequence[Sequence[Option]], budget: float) -> list[int]:
     """One option per layer minimising the summed loss with total cost ``<= budget``.
 
-    The Lagrangian ``Σ_i loss_i + λ cost_i`` separates over layers; ``λ`` is bisected (in log
-    space) to the smallest price whose choice fits, then the leftover budget buys, greedily, the
-    upgrades with the largest loss decrease per extra bit.
+    Two solutions, the better kept: the Lagrangian ``Σ_i loss_i + λ cost_i``, which separates over
+    layers, with ``λ`` bisected (in log space) to the smallest price whose choice fits; and an
+    exact dynamic program over costs rounded up to a grid of ``budget / C`` (``C >= 4096``).
+    The leftover budget then buys, greedily, the upgrades with the largest loss decrease per
+    extra bit.
 
     Args:
         layers: the options of every layer (each non-empty).
@@ -98,11 +102,59 @@ def choose_options(layers: Sequence[Sequence[Option]], budget: float) -> list[in
             f"({floor} bits)"
         )
 
+    lagrange = _lagrangian(layers, budget, cheapest)
+    dp = _dynamic_program(layers, budget)
+    if dp is None or _cost(layers, dp) > budget:
+        return _fill(layers, budget, lagrange)
+    total = [sum(layers[i][j].loss for i, j in enumerate(c)) for c in (lagrange, dp)]
+    return _fill(layers, budget, lagrange if total[0] <= total[1] else dp)
+
+
+def _cost(layers: Sequence[Sequence[Option]], c: list[int]) -> int:
+    return sum(layers[i][j].cost for i, j in enumerate(c))
+
+
+def _dynamic_program(layers: Sequence[Sequence[Option]], budget: float) -> list[int] | None:
+    """Exact knapsack over costs rounded *up* to units of ``budget / C`` (``C = max(4096, 64 L)``
+    capped at 65536): always feasible, within ``L`` units of the optimum's budget."""
+    n_units = min(max(4096, 64 * len(layers)), 65536)
+    unit = budget / n_units
+    inf = float("inf")
+    f = torch.zeros(n_units + 1, dtype=torch.float64)
+    arg = []
+    for opts in layers:
+        g = torch.full_like(f, inf)
+        a = torch.zeros(n_units + 1, dtype=torch.int16)
+        for j, o in enumerate(opts):
+            w = math.ceil(o.cost / unit)
+            if w > n_units:
+                continue
+            cand = torch.full_like(f, inf)
+            cand[w:] = f[: n_units + 1 - w] + o.loss
+            better = cand < g
+            g = torch.where(better, cand, g)
+            a = torch.where(better, torch.full_like(a, j), a)
+        arg.append(a)
+        f = g
+    if not math.isfinite(float(f[n_units])):
+        return None  # the rounding up made it infeasible: the Lagrangian answer stands
+    c = n_units
+    pick = [0] * len(layers)
+    for i in range(len(layers) - 1, -1, -1):
+        j = int(arg[i][c])
+        pick[i] = j
+        c -= math.ceil(layers[i][j].cost / unit)
+    return pick
+
+
+def _lagrangian(
+    layers: Sequence[Sequence[Option]], budget: float, cheapest: list[int]
+) -> list[int]:
     def choice(price: float) -> list[int]:
         return [_pick(o, price) for o in layers]
 
     def cost(c: list[int]) -> int:
-        return sum(layers[i][j].cost for i, j in enumerate(c))
+        return _cost(layers, c)
 
     best = choice(0.0)
     if cost(best) > budget:
@@ -117,8 +169,14 @@ def choose_options(layers: Sequence[Sequence[Option]], budget: float) -> list[in
                 hi, best = mid, c
             else:
                 lo = mid
-    # greedy fill of the leftover budget
-    left = budget - cost(best)
+    return best
+
+
+def _fill(layers: Sequence[Sequence[Option]], budget: float, best: list[int]) -> list[int]:
+    """Spend the leftover budget greedily: the upgrade with the largest loss decrease per extra
+    bit first."""
+    best = list(best)
+    left = budget - _cost(layers, best)
     while True:
         gain, pick = 0.0, None
         for i, o in enumerate(layers):

@@ -642,7 +642,7 @@ def quantize(
         cfg = dataclasses.replace(cfg, bits=fits[-1] if fits else min(cfg.bits_options))
 
     _init_linalg(model, names, device)
-    structured = cfg.method == "cafeq" and (cfg.dual or "structure" in cfg.prior)
+    structured = cfg.method == "cafeq" and (cfg.dual or cfg.alternating or "structure" in cfg.prior)
     st = discover(model) if structured else ModelStructure()
     duals: dict[str, str] = {}
     if cfg.method == "cafeq" and cfg.dual:
