@@ -99,6 +99,33 @@ def test_coverage_check_on_hand_made_answers() -> None:
         continuation_scores(sent, "answer here", sent, [0, 7, 14], [None, -1], [], server="s")
 
 
+def test_offsets_of_another_rendering_are_read_on_the_tokens_texts() -> None:
+    """A server whose offsets skip special tokens (detokenized to "") while its echoed text keeps
+    them: the tokens' own texts, joined, place the continuation."""
+    sent = "<s>prompt: answer here"
+    tokens = ["", "prompt:", " answer", " here", "!"]
+    out = continuation_scores(
+        sent,
+        "answer here",
+        sent + "!",
+        [0, 0, 7, 14, 19],
+        [None, None, -1, -2, -0.5],
+        tokens,
+        server="s",
+    )
+    assert out.logprob == pytest.approx(-3.0)
+    with pytest.raises(BadScoresError, match=r"placed token 1 .* offsets point elsewhere"):
+        continuation_scores(
+            sent,
+            "answer here",
+            sent,
+            [3, 10, 17],
+            [None, -1, -2],
+            ["prompt:", " XXXXXX", " here"],
+            server="s",
+        )
+
+
 # -- the self-test -----------------------------------------------------------------------------
 
 

@@ -9,16 +9,21 @@ and the generated token), the overlapping tokens run contiguously from its first
 last, and each has a finite log-probability <= 0. Anything else (the server ignored ``echo``,
 returned nulls, left gaps, or offsets that point elsewhere) raises
 :class:`~coreopt.llm.BadScoresError` naming what the server did. A token straddling the boundary
-(its text begins in the prompt) is counted whole.
+(its text begins in the prompt) is counted whole. Where the server gives the tokens' texts, each
+must stand at its offset; a server whose offsets count another rendering of the text (special
+tokens such as ``<|im_start|>`` dropped) is read again on the tokens' own texts joined.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coreopt.llm.types import BadScoresError
+
+logger = logging.getLogger("coreopt.llm")
 
 FIX = (
     "score with a judge instead (--scoring judge), or serve the model with a server whose "
@@ -90,6 +95,38 @@ def continuation_scores(
             f"{f' and {len(tokens)} tokens' if tokens else ''}; {FIX}"
         )
     text = sent if echoed is None else echoed
+    attempts = [(text, [int(o) for o in offsets])]
+    if tokens and all(isinstance(t, str) for t in tokens):
+        # servers that compute offsets on another rendering of the text (special tokens dropped):
+        # the tokens' own texts, joined, give offsets that match them by construction
+        joined, cumulative, at = "".join(tokens), [], 0
+        for tok in tokens:
+            cumulative.append(at)
+            at += len(tok)
+        attempts.append((joined, cumulative))
+    first_problem = ""
+    for where, (candidate, offs) in enumerate(attempts):
+        try:
+            return _sum_over(candidate, continuation, offs, values, tokens, server)
+        except _NoMatch as exc:
+            first_problem = first_problem or str(exc)
+            if where + 1 < len(attempts):
+                logger.debug("%s: %s; trying the offsets of the tokens' own texts", server, exc)
+    raise BadScoresError(f"{first_problem}; {FIX}")
+
+
+class _NoMatch(Exception):
+    """The continuation or the tokens' texts are not where the offsets say."""
+
+
+def _sum_over(
+    text: str,
+    continuation: str,
+    offsets: Sequence[int],
+    values: Sequence[float | None],
+    tokens: Sequence[str] | None,
+    server: str,
+) -> EchoScores:
     # where the continuation ends in the echoed text: at its end, or before the generated token
     end = None
     if text.endswith(continuation):
@@ -97,10 +134,10 @@ def continuation_scores(
     elif offsets and text[: offsets[-1]].endswith(continuation):
         end = offsets[-1]
     if end is None:
-        raise BadScoresError(
+        raise _NoMatch(
             f"{server} ignored echo=True: its answer ({len(values)} token(s), text "
             f"{_excerpt(text)}) does not repeat the scored text ending in "
-            f"{_excerpt(continuation)}; {FIX}"
+            f"{_excerpt(continuation)}"
         )
     start = end - len(continuation)
     n = len(offsets)
@@ -110,10 +147,10 @@ def continuation_scores(
 
     inside = [i for i in range(n) if offsets[i] < end and stop(i) > start]
     if not inside:
-        raise BadScoresError(
+        raise _NoMatch(
             f"{server} returned log-probabilities for no token of the continuation (characters "
             f"{start}-{end} of {len(text)}; token offsets {_excerpt(list(offsets))}): it ignored "
-            f"echo=True or its offsets point elsewhere; {FIX}"
+            "echo=True or its offsets point elsewhere"
         )
     first, last = inside[0], inside[-1]
     if any(offsets[i] >= offsets[i + 1] for i in range(first, last)) or inside != list(
@@ -128,6 +165,14 @@ def continuation_scores(
             f"{server}'s tokens cover characters {offsets[first]}-{stop(last)} but the "
             f"continuation spans {start}-{end}: part of it has no log-probability; {FIX}"
         )
+    for i in inside:
+        tok = tokens[i] if tokens else ""
+        if tok and "\ufffd" not in tok and text[offsets[i] : offsets[i] + len(tok)] != tok:
+            raise _NoMatch(
+                f"{server} placed token {i} ({_excerpt(tok)}) at character {offsets[i]}, where "
+                f"the text reads {_excerpt(text[offsets[i] : offsets[i] + len(tok)])}: its "
+                "offsets point elsewhere"
+            )
     total = 0.0
     for i in inside:
         v = values[i]
@@ -140,7 +185,7 @@ def continuation_scores(
         total += float(v)
     return EchoScores(
         logprob=total,
-        offsets=tuple(int(o) for o in offsets),
+        offsets=tuple(offsets),
         values=tuple(None if v is None else float(v) for v in values),
         tokens=tuple(tokens or ()),
         text=text,
