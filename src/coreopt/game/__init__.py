@@ -1,12 +1,13 @@
 """Cooperative games and least-core credit assignment (HiGHS LPs, constraint generation)."""
 
 from coreopt.game import games
+from coreopt.game.checkpoint import SolveTerminated
 from coreopt.game.coalitions import Players
 from coreopt.game.exact import exact_least_core
 from coreopt.game.games import Game
 from coreopt.game.lp import InfeasibleGameError, LeastCoreLP, LPSolution
 from coreopt.game.oracle import ValueFunctionError, ValueOracle, VectorizedValue, vectorized
-from coreopt.game.result import LeastCoreConfig, LeastCoreResult, RoundInfo
+from coreopt.game.result import LeastCoreConfig, LeastCoreResult, RequirementEstimate, RoundInfo
 from coreopt.game.solver import aleast_core, least_core
 
 __all__ = [
@@ -17,7 +18,9 @@ __all__ = [
     "LeastCoreLP",
     "LeastCoreResult",
     "Players",
+    "RequirementEstimate",
     "RoundInfo",
+    "SolveTerminated",
     "ValueFunctionError",
     "ValueOracle",
     "VectorizedValue",
