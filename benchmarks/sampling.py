@@ -7,8 +7,11 @@ All samplers go through ``coreopt.sampling.generate`` (one teacher forward per s
 cache; each proxy has its own KV cache):
 
 * plain — temperature sampling (the reference row: ratio 1);
-* ADS (inplace) — antidistillation sampling with one proxy perturbed in place, module by
-  module, around each of its two forwards (θ + εg, then θ − εg; parameters restored bit-exactly);
+* ADS (batched) — antidistillation sampling with one proxy and one forward of the doubled batch:
+  rows ``[:B]`` at θ + εg and rows ``[B:]`` at θ − εg, through forward hooks that add ``±ε`` times
+  each linear layer's / embedding's / norm's output at ``g`` (the default, ``proxy_mode="auto"``);
+* ADS (inplace) — one proxy perturbed in place, module by module, around each of its two forwards
+  (θ + εg, then θ − εg; parameters restored bit-exactly);
 * ADS (copies) — the same with two perturbed deep copies of the proxy (the reference code's way);
 * ADFP — antidistillation fingerprinting (one unperturbed proxy forward and a green-list mask);
 * KGW — transformers' WatermarkLogitsProcessor (no proxy);
@@ -63,7 +66,9 @@ class CostTable(BenchTable):
         return text
 
 
-def build_models(quick: bool, device: torch.device) -> tuple[Any, Any, dict[str, torch.Tensor]]:
+def build_models(
+    quick: bool, device: torch.device, proxy_layers: int = 4
+) -> tuple[Any, Any, dict[str, torch.Tensor]]:
     import transformers
 
     dims = (
@@ -90,7 +95,7 @@ def build_models(quick: bool, device: torch.device) -> tuple[Any, Any, dict[str,
         transformers.LlamaConfig(num_hidden_layers=8, **common)
     ).eval()
     proxy = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(num_hidden_layers=4, **common)
+        transformers.LlamaConfig(num_hidden_layers=proxy_layers, **common)
     ).eval()
     teacher.to(device)
     proxy.to(device)
@@ -187,7 +192,7 @@ def bench_batch(
 
     fns = {name: run(p) for name, p in procs.items()}
     fns["hf-plain"] = hf_run()
-    fns["hf-ads"] = hf_run(make("ads-inplace"))
+    fns["hf-ads"] = hf_run(make("ads-batched"))
     timings = time_interleaved(fns, warmup=warmup, repeats=repeats, device=device)
     mems = {name: peak_memory(lambda name=name: run(make(name))(), device) for name in labels}
     rows = [(name, label, mems[name]) for name, label in labels.items()]
@@ -212,20 +217,25 @@ def main() -> None:
     parser.add_argument(
         "--batches", type=int, nargs="*", default=[1, 32], help="batch sizes (default: 1 32)"
     )
+    parser.add_argument(
+        "--proxy-layers", type=int, default=4, help="proxy depth (teacher: 8; default 4)"
+    )
     args = parse_args(parser)
     device = args.device
     new = args.new_tokens or (8 if args.quick else 64)
     repeats = args.repeats or (1 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else 1
-    teacher, proxy, grad = build_models(args.quick, device)
+    teacher, proxy, grad = build_models(args.quick, device, args.proxy_layers)
     vocab = teacher.config.vocab_size
     gen = torch.Generator().manual_seed(0)
 
     def make(name: str) -> Any:
         if name == "plain":
             return TemperatureProcessor(1.0)
+        if name == "ads-batched":
+            return AntidistillationLogitsProcessor(proxy, grad, lam=0.1, proxy_mode="batched")
         if name == "ads-inplace":
-            return AntidistillationLogitsProcessor(proxy, grad, lam=0.1)
+            return AntidistillationLogitsProcessor(proxy, grad, lam=0.1, proxy_mode="inplace")
         if name == "ads-copies":
             return AntidistillationLogitsProcessor(proxy, grad, lam=0.1, proxy_mode="copies")
         if name == "adfp":
@@ -238,6 +248,7 @@ def main() -> None:
 
     labels = {
         "plain": "coreopt plain sampling",
+        "ads-batched": "ADS, one proxy, doubled batch (default)",
         "ads-inplace": "ADS, one proxy perturbed in place",
         "ads-copies": "ADS, two perturbed proxy copies",
         "adfp": "ADFP (one proxy forward + green list)",
@@ -257,7 +268,8 @@ def main() -> None:
         ratio_header="× plain (time)",
         description=(
             f"Teacher {n_params(teacher) / 1e6:.1f} M parameters (8 layers), proxy "
-            f"{n_params(proxy) / 1e6:.1f} M (4 layers, {n_params(proxy) / n_params(teacher):.2f}× "
+            f"{n_params(proxy) / 1e6:.1f} M ({args.proxy_layers} layers, "
+            f"{n_params(proxy) / n_params(teacher):.2f}× "
             f"the teacher). ms/token = wall time ÷ (batch × new tokens); samplers timed "
             f"round-robin ({repeats} timed runs each after {warmup} warmup). Peak added memory: "
             "tensors allocated during the run above those present before it (models, and for "

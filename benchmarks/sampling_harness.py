@@ -1,4 +1,4 @@
-"""Offline evaluation of antidistillation sampling and fingerprinting (coreopt.sampling.harness).
+"""Offline evaluation of antidistillation sampling and fingerprinting (``_sampling_experiments``).
 
 Trains a tiny teacher, a pretrained base student and a proxy in-process on a verifiable chain-sum
 task (no download), then
@@ -38,8 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from coreopt.sampling.harness import (
+from _sampling_experiments import (
     DistillPoint,
     FingerprintPoint,
     HarnessConfig,
@@ -267,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.teacher == "tiny":
         out = run_tiny(args)
     else:
-        from coreopt.sampling.harness import real_teacher_run
+        from _sampling_experiments import real_teacher_run
 
         out = real_teacher_run(args.teacher, quick=args.quick, seed=args.seed)
         print(json.dumps(out, indent=2))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import BOS, EOS, PAD, tiny_llama
@@ -13,7 +16,11 @@ from coreopt.sampling import (
     detect_tokens,
     generate,
 )
-from coreopt.sampling.harness import train_lm
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+from _sampling_experiments import train_lm  # noqa: E402
 
 VOCAB = 12  # 9 ordinary tokens: about 80 bigram contexts, each seen many times
 SPECIALS = (PAD, BOS, EOS)

@@ -6,7 +6,7 @@ import torch
 from conftest import BOS, EOS, PAD, VOCAB, tiny_llama
 
 from coreopt.sampling import TemperatureProcessor, Trace, generate
-from coreopt.sampling._common import CachedForward
+from coreopt.sampling._forward import CachedForward
 
 
 def test_left_padded_batch_matches_each_prompt_alone() -> None:

@@ -12,7 +12,7 @@ from coreopt.sampling import (
     FingerprintLogitsProcessor,
     downstream_gradient,
 )
-from coreopt.sampling._common import config_pad_id
+from coreopt.sampling._models import config_pad_id
 
 transformers = pytest.importorskip("transformers")
 

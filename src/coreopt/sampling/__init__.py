@@ -13,21 +13,16 @@ Both methods put a *proxy student* inside the teacher's sampling loop:
 Baselines in the same API: :class:`TemperatureProcessor` and :class:`KGWLogitsProcessor` (the
 red/green-list watermark, applied by ``transformers``). Every processor works in
 :func:`generate` (batched, KV caches for the teacher and each proxy) and in ``transformers``'
-``model.generate(logits_processor=[...])``. :mod:`coreopt.sampling.harness` holds the offline
-evaluation (a synthetic chain-sum task with tiny models trained in-process).
+``model.generate(logits_processor=[...])``. The offline evaluation (a synthetic chain-sum task
+with tiny models trained in-process) is an experiment, not part of the package: it lives in
+``benchmarks/_sampling_experiments.py`` and runs with ``benchmarks/sampling_harness.py``.
 
 Needs ``transformers`` and ``safetensors`` (``pip install 'coreopt[hf]'``).
 """
 
-from coreopt.sampling._common import (
-    GradientMismatchError,
-    Trace,
-    VocabularyMismatchError,
-    check_same_tokenizer,
-    pad_left,
-    pad_right,
-)
+from coreopt.sampling._models import check_same_tokenizer
 from coreopt.sampling.detect import DetectionResult, detect, detect_tokens, hoeffding_p_value
+from coreopt.sampling.errors import GradientMismatchError, VocabularyMismatchError
 from coreopt.sampling.generate import GenerationResult, generate
 from coreopt.sampling.gradient import (
     completion_nll,
@@ -44,7 +39,12 @@ from coreopt.sampling.greenlist import (
     VocabMapping,
     seed_ngrams,
 )
-from coreopt.sampling.perturb import InPlacePerturbation, perturbed_copy
+from coreopt.sampling.perturb import (
+    InPlacePerturbation,
+    SignedBatchPerturbation,
+    UnsupportedModuleError,
+    perturbed_copy,
+)
 from coreopt.sampling.processors import (
     AntidistillationConfig,
     AntidistillationLogitsProcessor,
@@ -53,6 +53,7 @@ from coreopt.sampling.processors import (
     KGWLogitsProcessor,
     TemperatureProcessor,
 )
+from coreopt.sampling.traces import Trace, pad_left, pad_right
 
 __all__ = [
     "AntidistillationConfig",
@@ -67,8 +68,10 @@ __all__ = [
     "InPlacePerturbation",
     "KGWGreenList",
     "KGWLogitsProcessor",
+    "SignedBatchPerturbation",
     "TemperatureProcessor",
     "Trace",
+    "UnsupportedModuleError",
     "VocabMapping",
     "VocabularyMismatchError",
     "check_same_tokenizer",

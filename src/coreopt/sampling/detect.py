@@ -27,16 +27,10 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from coreopt.sampling._common import (
-    TraceLike,
-    as_traces,
-    check_choice,
-    check_real,
-    model_device,
-    output_vocab_size,
-    pad_right,
-)
+from coreopt.sampling._checks import check_choice, check_real
+from coreopt.sampling._models import model_device, output_vocab_size
 from coreopt.sampling.greenlist import GreenList, VocabMapping, unique_first
+from coreopt.sampling.traces import TraceLike, as_traces, pad_right
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from coreopt.sampling._common import CachedForward, Trace, check_real, model_device, pad_left
+from coreopt.sampling._checks import check_real
+from coreopt.sampling._forward import CachedForward
+from coreopt.sampling._models import model_device
+from coreopt.sampling.traces import Trace, pad_left
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def generate(
         if ids.dim() != 2:
             raise ValueError(f"prompts must be a (B, T) tensor, got shape {tuple(ids.shape)}")
         if attention_mask is None:
-            from coreopt.sampling._common import prompt_mask
+            from coreopt.sampling.traces import prompt_mask
 
             attention_mask = prompt_mask(ids, pad_token_id)
         mask = attention_mask.to(device).long()

@@ -18,15 +18,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from coreopt.sampling._common import (
-    IGNORE_INDEX,
-    GradientMismatchError,
-    TraceLike,
-    as_traces,
-    input_vocab_size,
-    model_device,
-    pad_right,
-)
+from coreopt.sampling._models import input_vocab_size, model_device
+from coreopt.sampling.errors import GradientMismatchError
+from coreopt.sampling.traces import IGNORE_INDEX, TraceLike, as_traces, pad_right
 
 logger = logging.getLogger("coreopt.sampling")
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from coreopt.sampling._common import check_real, require_transformers
+from coreopt.sampling._checks import check_real, require_transformers
 
 _MASK32 = 0xFFFFFFFF
 _MUL = 0x45D9F3B  # < 2**27: products of 32-bit values stay below 2**59 in int64

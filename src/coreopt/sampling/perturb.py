@@ -112,3 +112,142 @@ def perturbed_copy(
             p = params[name]
             p.copy_((p.float() + scale * g.to(p.device)).to(p.dtype))
     return clone.eval()
+
+
+class UnsupportedModuleError(TypeError):
+    """:class:`SignedBatchPerturbation` met a module whose output it cannot perturb per row."""
+
+
+def _is_hf_conv1d(module: torch.nn.Module) -> bool:
+    """``transformers``' ``Conv1D`` (GPT-2): ``y = x @ weight + bias``, weight ``(in, out)``."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+
+
+def _is_norm(module: torch.nn.Module) -> bool:
+    name = type(module).__name__
+    return isinstance(module, torch.nn.LayerNorm | torch.nn.RMSNorm) or name.endswith(
+        ("RMSNorm", "LayerNorm")
+    )
+
+
+class SignedBatchPerturbation:
+    """Run a model once on a doubled batch: rows ``[:B]`` at ``θ + εg``, ``[B:]`` at ``θ − εg``.
+
+    Every module that owns perturbed parameters is *affine in them* for a fixed input, so
+    ``y(θ + s·g) = y(θ) + s·(y(g) − y(0))``: a forward hook adds, per row, ``s_row`` times the
+    module evaluated at the direction ``g`` (``y(0) = 0`` for linear layers and embeddings). The
+    model is never modified (one proxy in memory plus ``g``), each module reads its weight and
+    its slice of ``g`` once per forward, and the two finite-difference forwards become one forward
+    of twice the batch with one KV cache. Supported modules: ``nn.Linear``, ``nn.Embedding``
+    (without ``max_norm``), ``transformers``' ``Conv1D`` and layer/RMS norms (``y(g) − y(0)``
+    by two calls of the norm, so ``(1 + w)``-style norms are handled); any other module owning a
+    perturbed parameter raises :class:`UnsupportedModuleError` at construction. Like
+    :class:`InPlacePerturbation`, a parameter read outside its own module's forward would be
+    seen unperturbed (checked against the in-place finite difference in the tests).
+
+    Args:
+        model: the model (not modified).
+        gradient: ``{parameter name: direction}`` (see :func:`~coreopt.sampling.match_gradient`);
+            stored in each parameter's dtype.
+    """
+
+    def __init__(self, model: torch.nn.Module, gradient: Mapping[str, torch.Tensor]) -> None:
+        grads = match_gradient(model, gradient)
+        params = dict(model.named_parameters())
+        by_id = {id(params[n]): g for n, g in grads.items()}
+        self.model = model
+        self._table: list[tuple[torch.nn.Module, str, dict[str, torch.Tensor]]] = []
+        for mod_name, module in model.named_modules():
+            own = {
+                pname: by_id[id(p)].to(device=p.device, dtype=p.dtype)
+                for pname, p in module.named_parameters(recurse=False)
+                if id(p) in by_id
+            }
+            if not own:
+                continue
+            if isinstance(module, torch.nn.Linear):
+                kind = "linear"
+            elif isinstance(module, torch.nn.Embedding) and module.max_norm is None:
+                kind = "embedding"
+            elif _is_hf_conv1d(module):
+                kind = "conv1d"
+            elif _is_norm(module):
+                kind = "affine"
+            else:
+                raise UnsupportedModuleError(
+                    f"module {mod_name or '(root)'} ({type(module).__name__}) owns perturbed "
+                    "parameters but is not a linear layer, embedding or norm: use "
+                    "proxy_mode='inplace' or 'copies'"
+                )
+            self._table.append((module, kind, own))
+
+    @staticmethod
+    def _direction(
+        module: torch.nn.Module,
+        kind: str,
+        own: dict[str, torch.Tensor],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        x = args[0] if args else next(iter(kwargs.values()))
+        if kind == "linear":
+            w = own.get("weight")
+            if w is None:
+                return own["bias"].expand(*x.shape[:-1], -1)
+            return torch.nn.functional.linear(x, w, own.get("bias"))
+        if kind == "embedding":
+            return torch.nn.functional.embedding(x, own["weight"])
+        if kind == "conv1d":
+            w, b = own.get("weight"), own.get("bias")
+            out = x @ w if w is not None else None
+            if b is not None:
+                out = b.expand(*x.shape[:-1], -1) if out is None else out + b
+            assert out is not None
+            return out
+        zeros = {k: torch.zeros_like(v) for k, v in own.items()}
+        at_g = torch.func.functional_call(module, own, args, kwargs)
+        at_0 = torch.func.functional_call(module, zeros, args, kwargs)
+        return at_g - at_0
+
+    def run(self, signs: torch.Tensor, fn: Callable[[], T]) -> T:
+        """``fn()`` with each batch row ``i`` of every perturbed module's output at
+        ``θ + signs[i]·g``.
+
+        Args:
+            signs: ``(batch,)`` per-row scales (e.g. ``[+ε]*B + [−ε]*B``).
+            fn: runs the model on a batch of that size (batch first in every module output).
+        """
+        handles: list[Any] = []
+        busy: set[int] = set()  # modules re-entered to evaluate them at g (norms)
+
+        def make_hook(kind: str, own: dict[str, torch.Tensor]) -> Callable[..., Any]:
+            def hook(
+                module: torch.nn.Module,
+                args: tuple[Any, ...],
+                kwargs: dict[str, Any],
+                out: Any,
+            ) -> torch.Tensor | None:
+                if id(module) in busy:
+                    return None
+                if not isinstance(out, torch.Tensor) or out.shape[0] != signs.shape[0]:
+                    raise UnsupportedModuleError(
+                        f"{type(module).__name__}'s output is not a tensor with the batch "
+                        f"({signs.shape[0]} rows) first: use proxy_mode='inplace' or 'copies'"
+                    )
+                busy.add(id(module))
+                try:
+                    d = self._direction(module, kind, own, args, kwargs)
+                finally:
+                    busy.discard(id(module))
+                s = signs.to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
+                return out + s * d.to(out.dtype)
+
+            return hook
+
+        try:
+            for module, kind, own in self._table:
+                handles.append(module.register_forward_hook(make_hook(kind, own), with_kwargs=True))
+            return fn()
+        finally:
+            for h in handles:
+                h.remove()

@@ -29,26 +29,29 @@ from typing import Any, Literal
 import torch
 
 from coreopt.errors import NonFiniteError
-from coreopt.sampling._common import (
-    CachedForward,
-    VocabularyMismatchError,
-    check_choice,
-    check_real,
+from coreopt.sampling._checks import check_choice, check_real, require_transformers
+from coreopt.sampling._forward import CachedForward
+from coreopt.sampling._models import (
     check_same_tokenizer,
     config_pad_id,
     input_vocab_size,
     output_vocab_size,
-    prompt_mask,
-    require_transformers,
 )
+from coreopt.sampling.errors import VocabularyMismatchError
 from coreopt.sampling.gradient import load_gradient, match_gradient
 from coreopt.sampling.greenlist import HashGreenList, KGWGreenList, seed_ngrams, special_ids_of
-from coreopt.sampling.perturb import InPlacePerturbation, perturbed_copy
+from coreopt.sampling.perturb import (
+    InPlacePerturbation,
+    SignedBatchPerturbation,
+    UnsupportedModuleError,
+    perturbed_copy,
+)
+from coreopt.sampling.traces import prompt_mask
 
 logger = logging.getLogger("coreopt.sampling")
 
 Order = Literal["paper", "reference"]
-ProxyMode = Literal["inplace", "copies"]
+ProxyMode = Literal["auto", "batched", "inplace", "copies"]
 
 _LogitsProcessor: Any = require_transformers().LogitsProcessor
 
@@ -63,23 +66,30 @@ class AntidistillationConfig:
         eps: ``ε > 0``, the finite-difference step along the gradient (``1e-2`` in the paper).
         temperature: ``τ > 0`` applied to the teacher's log-probabilities.
         order: ``"paper"`` (``λΔ`` after the temperature) or ``"reference"`` (before it).
-        proxy_mode: ``"inplace"`` perturbs the one proxy in place module by module around each
-            of its two forwards (memory: the proxy plus ``g``); ``"copies"`` builds two perturbed
-            deep copies once (memory: two more proxies; no per-step perturbation cost).
+        proxy_mode: how the two perturbed proxies ``θ_P ± εg`` are run. ``"batched"``: one
+            forward of the doubled batch through the one proxy, rows ``[:B]`` at ``+εg`` and rows
+            ``[B:]`` at ``−εg`` through forward hooks on its linear layers, embeddings and norms
+            (:class:`~coreopt.sampling.perturb.SignedBatchPerturbation`; memory: the proxy plus
+            ``g``). ``"inplace"`` perturbs the one proxy in place module by module around each
+            of its two forwards (memory: the proxy plus ``g``; slowest). ``"copies"`` builds two
+            perturbed deep copies once (memory: two more proxies). ``"auto"`` (default) picks
+            ``"batched"`` when every module owning a perturbed parameter is supported, else
+            ``"copies"`` when two more proxies fit in a quarter of the free memory, else
+            ``"inplace"`` (measured in ``benchmarks/sampling.py``).
     """
 
     lam: float
     eps: float = 1e-2
     temperature: float = 1.0
     order: Order = "paper"
-    proxy_mode: ProxyMode = "inplace"
+    proxy_mode: ProxyMode = "auto"
 
     def __post_init__(self) -> None:
         check_real("lam", self.lam, low=0.0)
         check_real("eps", self.eps, low=0.0, strict=True)
         check_real("temperature", self.temperature, low=0.0, strict=True)
         check_choice("order", self.order, ("paper", "reference"))
-        check_choice("proxy_mode", self.proxy_mode, ("inplace", "copies"))
+        check_choice("proxy_mode", self.proxy_mode, ("auto", "batched", "inplace", "copies"))
 
 
 @dataclass(frozen=True)
@@ -268,7 +278,7 @@ class AntidistillationLogitsProcessor(_SamplingProcessor):
         eps: float = 1e-2,
         temperature: float = 1.0,
         order: Order = "paper",
-        proxy_mode: ProxyMode = "inplace",
+        proxy_mode: ProxyMode = "auto",
         config: AntidistillationConfig | None = None,
         vocab_size: int | None = None,
         pad_token_id: int | None = None,
@@ -297,12 +307,19 @@ class AntidistillationLogitsProcessor(_SamplingProcessor):
         self.vocab_size = vocab_size
         self._proxy_width = output_vocab_size(proxy)
         self._proxy_input = input_vocab_size(proxy)
-        if config.proxy_mode == "inplace":
+        mode, signed = _resolve_proxy_mode(config.proxy_mode, proxy, grads)
+        self.proxy_mode: str = mode
+        self.gradient: dict[str, torch.Tensor] | None = grads
+        self._both: CachedForward | None = None
+        self._signs = torch.empty(0)
+        eps_ = self.eps
+        if signed is not None:
+            self._both = CachedForward(proxy, runner=lambda fn: signed.run(self._signs, fn))
+            self._plus = self._minus = self._both
+        elif mode == "inplace":
             pert = InPlacePerturbation(proxy, grads)
-            eps_ = self.eps
             self._plus = CachedForward(proxy, runner=lambda fn: pert.run(eps_, fn))
             self._minus = CachedForward(proxy, runner=lambda fn: pert.run(-eps_, fn))
-            self.gradient: dict[str, torch.Tensor] | None = grads
         else:
             self._plus = CachedForward(perturbed_copy(proxy, grads, self.eps))
             self._minus = CachedForward(perturbed_copy(proxy, grads, -self.eps))
@@ -313,12 +330,15 @@ class AntidistillationLogitsProcessor(_SamplingProcessor):
         c = self.config
         return (
             f"AntidistillationLogitsProcessor(lam={c.lam:g}, eps={c.eps:g}, "
-            f"temperature={c.temperature:g}, order={c.order!r}, proxy_mode={c.proxy_mode!r})"
+            f"temperature={c.temperature:g}, order={c.order!r}, proxy_mode={self.proxy_mode!r})"
         )
 
     @property
     def proxy_forwards(self) -> int:
-        """Proxy forward passes run so far (two per call)."""
+        """Proxy forward passes run so far (two per call; one of twice the batch when
+        ``proxy_mode="batched"``)."""
+        if self._both is not None:
+            return self._both.forwards
         return self._plus.forwards + self._minus.forwards
 
     def reset(self) -> None:
@@ -336,8 +356,16 @@ class AntidistillationLogitsProcessor(_SamplingProcessor):
                 "rows): the proxy must share the teacher's tokenizer"
             )
         mask = attention_mask if attention_mask is not None else self._mask_for(input_ids)
-        plus = torch.log_softmax(self._plus(input_ids, mask), dim=-1)
-        minus = torch.log_softmax(self._minus(input_ids, mask), dim=-1)
+        if self._both is not None:
+            B = input_ids.shape[0]
+            eps = torch.full((B,), self.eps, device=input_ids.device)
+            self._signs = torch.cat([eps, -eps])
+            logits = self._both(torch.cat([input_ids, input_ids]), torch.cat([mask, mask]))
+            plus = torch.log_softmax(logits[:B], dim=-1)
+            minus = torch.log_softmax(logits[B:], dim=-1)
+        else:
+            plus = torch.log_softmax(self._plus(input_ids, mask), dim=-1)
+            minus = torch.log_softmax(self._minus(input_ids, mask), dim=-1)
         delta = (plus - minus) / (2 * self.eps)
         if not bool(torch.isfinite(delta).all()):
             bad = int((~torch.isfinite(delta)).sum())
@@ -352,6 +380,41 @@ class AntidistillationLogitsProcessor(_SamplingProcessor):
     def adjustment(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         shared = _check_vocab(self._proxy_width, scores.shape[-1], self.vocab_size, "proxy")
         return _fit_width(self.delta(input_ids), scores.shape[-1], shared)
+
+
+def _free_memory_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (CUDA: ``mem_get_info``; CPU: ``MemAvailable``), or ``None``."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _resolve_proxy_mode(
+    mode: str, proxy: torch.nn.Module, grads: dict[str, torch.Tensor]
+) -> tuple[str, SignedBatchPerturbation | None]:
+    """The proxy mode to run (``"auto"`` resolved) and, for ``"batched"``, its perturbation."""
+    if mode in ("batched", "auto"):
+        try:
+            return "batched", SignedBatchPerturbation(proxy, grads)
+        except UnsupportedModuleError as exc:
+            if mode == "batched":
+                raise
+            logger.info("proxy_mode='auto': not 'batched' (%s)", exc)
+    if mode != "auto":
+        return mode, None
+    size = sum(p.numel() * p.element_size() for p in proxy.parameters())
+    device = next(iter(proxy.parameters())).device
+    free = _free_memory_bytes(device)
+    chosen = "copies" if free is not None and 2 * size <= free // 4 else "inplace"
+    logger.info("proxy_mode='auto' chose %r (proxy %d bytes, free %s)", chosen, size, free)
+    return chosen, None
 
 
 class FingerprintLogitsProcessor(_SamplingProcessor):

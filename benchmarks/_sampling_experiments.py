@@ -1,6 +1,8 @@
 """Offline evaluation of antidistillation: a verifiable toy task and tiny models trained here.
 
-Everything runs in-process on the CPU in minutes: no download, no hub tokenizer.
+An experiment helper of ``benchmarks/sampling_harness.py`` (not part of the ``coreopt`` package:
+import it with ``benchmarks/`` on ``sys.path``). Everything runs in-process on the CPU in
+minutes: no download, no hub tokenizer.
 
 * :class:`CharTokenizer` — a character tokenizer (``<pad>``, ``<bos>``, ``<eos>`` and a few
   characters) with the ``get_vocab()``/``all_special_ids`` interface of ``transformers``.
@@ -34,7 +36,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from coreopt.sampling._common import Trace, pad_right, require_transformers
+from coreopt.sampling._checks import require_transformers
 from coreopt.sampling.detect import detect
 from coreopt.sampling.generate import generate
 from coreopt.sampling.gradient import completion_labels, completion_nll, downstream_gradient
@@ -44,8 +46,9 @@ from coreopt.sampling.processors import (
     KGWLogitsProcessor,
     TemperatureProcessor,
 )
+from coreopt.sampling.traces import Trace, pad_right
 
-logger = logging.getLogger("coreopt.sampling")
+logger = logging.getLogger("benchmarks.sampling_experiments")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,13 +1,20 @@
-"""The offline harness: tokenizer, task, training and a smoke run of both sweeps."""
+"""benchmarks/_sampling_experiments.py: tokenizer, task, training and a smoke run of both sweeps."""
 
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from coreopt.sampling.harness import (
+pytest.importorskip("transformers")
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from _sampling_experiments import (  # noqa: E402
     ChainSum,
     CharTokenizer,
     HarnessConfig,
