@@ -2,11 +2,12 @@
 429/500 errors and delays, so the real ``openai`` client path is exercised without a network.
 
 It also misbehaves on demand, as real servers do: log-probabilities shifted by one token
-(``score_mode="shift_next"``/``"shift_prev"``), nulls (``"null"``), ``echo`` ignored
-(``"no_echo"``), raw bodies such as truncated JSON or an HTML page with status 200 (``raw``), 429
-storms with a ``Retry-After`` header (``fail`` + ``retry_after``), a slow server with one slot
-(``slots=1`` + ``delay``), and ``/models`` descriptions (``models``) so that two URLs can serve one
-model name with different weights.
+(``score_mode="shift_next"``/``"shift_prev"``; ``"repeat"``: each token valued by the distribution
+one position late, as llama-cpp-python does without a BOS token), nulls (``"null"``), ``echo``
+ignored (``"no_echo"``), raw bodies such as truncated JSON or an HTML page with status 200
+(``raw``), 429 storms with a ``Retry-After`` header (``fail`` + ``retry_after``), a slow server with
+one slot (``slots=1`` + ``delay``), and ``/models`` descriptions (``models``) so that two URLs can
+serve one model name with different weights.
 
 Its completions endpoint is a word-level "language model": each whitespace-separated word is a
 token; in a prompt asking to "Continue the count", a number continuing the count gets -0.05, any
@@ -50,9 +51,10 @@ def default_answer(messages: list[dict[str, str]]) -> str:
 COUNT_PROMPT = "Continue the count"
 
 
-def word_logprobs(text: str) -> tuple[list[int], list[float | None]]:
+def word_logprobs(text: str, *, repeat: bool = False) -> tuple[list[int], list[float | None]]:
     """Offsets of the words of ``text`` and their true log-probabilities (``None`` for the first,
-    which has no context)."""
+    which has no context). ``repeat``: each word is valued as the *next* word after itself (the
+    distribution one position late, as llama-cpp-python's echo gives for a GGUF without BOS)."""
     offsets = [m.start() for m in re.finditer(r"\S+", text)]
     k = len(re.findall(r"^\[\d+\]", text, flags=re.M))
     values: list[float | None] = []
@@ -62,7 +64,7 @@ def word_logprobs(text: str) -> tuple[list[int], list[float | None]]:
             continue
         end = offsets[i + 1] if i + 1 < len(offsets) else len(text)
         word = text[off:end].strip().strip(",.")
-        prefix = text[:off]
+        prefix = text[:end] if repeat else text[:off]
         if COUNT_PROMPT in prefix and word.isdigit():
             numbers = re.findall(r"\d+", prefix)
             values.append(-0.05 if numbers and int(word) == int(numbers[-1]) + 1 else -6.0)
@@ -84,10 +86,11 @@ class FakeServer:
     fail: list[int] = field(default_factory=list)  # status codes returned by the next requests
     retry_after: str | None = None  # Retry-After header of a 429 (default: retry-after-ms 10)
     raw: list[tuple[int, str, bytes]] = field(default_factory=list)  # next bodies, sent as they are
-    score_mode: str = "aligned"  # aligned, shift_next, shift_prev, null, no_echo, no_logprobs
+    score_mode: str = "aligned"  # aligned, shift_next, shift_prev, repeat, null, no_echo, ...
     slots: int | None = None  # requests processed at once (the others wait their turn)
     models: list[dict[str, Any]] | None = None  # GET /models entries (None: 404)
     model_requests: int = 0
+    times: list[float] = field(default_factory=list)  # when each POST arrived (monotonic)
     requests: int = 0
     chat_requests: int = 0
     in_flight: int = 0
@@ -103,7 +106,7 @@ class FakeServer:
 
     def completion(self, prompt: str, model: str) -> dict[str, Any]:
         """The echo answer for ``prompt`` (with one generated word), misbehaving as scripted."""
-        offsets, true = word_logprobs(prompt)
+        offsets, true = word_logprobs(prompt, repeat=self.score_mode == "repeat")
         generated = " ok"
         text = prompt + generated
         offsets = [*offsets, len(prompt)]
@@ -148,6 +151,7 @@ class FakeServer:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.bodies.append(body)
+            self.times.append(time.monotonic())
             status = self.fail.pop(0) if self.fail else 200
         if self._slots is not None:
             self._slots.acquire()

@@ -56,7 +56,7 @@ def test_repeated_samples_are_averaged() -> None:
 # -- the self-test before a logprob solve ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["shift_next", "shift_prev"])
+@pytest.mark.parametrize("mode", ["shift_next", "shift_prev", "repeat"])
 def test_shifted_server_is_refused_before_the_solve(fake_server, mode) -> None:
     pytest.importorskip("openai")
     from coreopt.llm import OpenAIBackend

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 
@@ -129,7 +130,7 @@ def test_offsets_of_another_rendering_are_read_on_the_tokens_texts() -> None:
 # -- the self-test -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["shift_next", "shift_prev"])
+@pytest.mark.parametrize("mode", ["shift_next", "shift_prev", "repeat"])
 def test_self_test_refuses_shifted_log_probabilities(fake_server, mode) -> None:
     fake_server.score_mode = mode
     llm = make(fake_server)
@@ -137,7 +138,7 @@ def test_self_test_refuses_shifted_log_probabilities(fake_server, mode) -> None:
         llm.verify_scoring()
     msg = str(info.value)
     assert fake_server.url in msg
-    assert "shifted" in msg
+    assert re.search("shifted|one position late", msg)
     assert "BOS" in msg
     assert "--scoring judge" in msg
     assert llm.usage.calls == 2
