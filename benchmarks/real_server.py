@@ -8,7 +8,9 @@ The same example (``examples/credit_example.json``) is credited three ways, side
    log-probabilities, echo coverage checks): the result must be the embedded model's ranking or a
    clear refusal;
 3. the same with ``--no-verify`` (the self-test off, coverage checks kept): what an unguarded run
-   would have reported.
+   would have reported;
+4. the fix the refusal names, a BOS token: the server restarted with
+   ``--kv_overrides tokenizer.ggml.add_bos_token=bool:true``, guarded.
 
 llama-cpp-python is compiled from source (llama.cpp; 7-35 min on 2 cores), so it lives in its own
 virtual environment, ``.venv-bench-llama`` (``--build`` creates it: ``nice -n 19``, one compile
@@ -73,7 +75,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def llama_server(venv: Path, gguf: Path, log: Path, threads: int) -> Iterator[str]:
+def llama_server(
+    venv: Path, gguf: Path, log: Path, threads: int, extra: tuple[str, ...] = ()
+) -> Iterator[str]:
     """llama-cpp-python's server on 127.0.0.1; yields its ``/v1`` base URL."""
     port = free_port()
     cmd = [
@@ -92,6 +96,7 @@ def llama_server(venv: Path, gguf: Path, log: Path, threads: int) -> Iterator[st
         "2048",
         "--n_threads",
         str(threads),
+        *extra,
     ]
     url = f"http://127.0.0.1:{port}/v1"
     with log.open("w") as out:
@@ -212,6 +217,19 @@ def main(argv: list[str] | None = None) -> int:
             runs["server, --no-verify"] = credit(
                 [*common, "--no-verify"], served, folder / "unverified.sqlite"
             )
+        bos = ("--kv_overrides", "tokenizer.ggml.add_bos_token=bool:true")
+        try:
+            with llama_server(args.venv, gguf, folder / "bos.log", args.threads, bos) as url:
+                served = {**env, "COREOPT_LLM_BASE_URL": url, "OPENAI_API_KEY": "none"}
+                runs["server + BOS, guarded"] = credit(common, served, folder / "bos.sqlite")
+        except RuntimeError as exc:
+            tail = (folder / "bos.log").read_text(errors="replace")[-300:]
+            runs["server + BOS, guarded"] = {
+                "report": None,
+                "error": f"the server did not start with the BOS override: {exc}: {tail!r}",
+                "rc": -1,
+                "seconds": 0.0,
+            }
     text = table(runs)
     head = (
         f"## credit: a real OpenAI-compatible server (benchmarks/real_server.py) — CPU, "
