@@ -58,10 +58,27 @@ def test_dense_and_reference_paths(bits: int) -> None:
     layer = _layer(bits, 64)
     x = torch.randn(4, 200)
     ref = _reference(layer, x)
-    for kernel in ("dense", "reference"):
-        layer.set_runtime(kernel)
+    for kernel in ("dense", "dequant", "reference"):
+        layer.set_runtime(kernel, torch.float32)
         torch.testing.assert_close(layer(x), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
     assert layer.runtime_bytes() == 0  # the reference path builds nothing
+    layer.set_runtime("dequant")  # bfloat16 activations by default on CPU
+    assert float((layer(x) - ref).norm() / ref.norm()) < 1e-2
+
+
+@needs_int4
+def test_auto_switches_from_the_int4_kernel_to_dequantization_on_large_batches() -> None:
+    from coreopt.quant.linear import AUTO_INT4_ROWS
+
+    layer = _layer(3, 64)
+    small = torch.randn(2, AUTO_INT4_ROWS // 2, 200)  # 16 rows: the int4 kernel
+    large = torch.randn(AUTO_INT4_ROWS + 1, 200)
+    assert layer.resolve_kernel(small) == "int4"
+    assert layer.resolve_kernel(large) == "dequant"
+    for x in (small, large):
+        ref = _reference(layer, x)
+        assert float((layer(x) - ref).norm() / ref.norm()) < 1e-2
+    assert set(runtime_report(torch.nn.Sequential(layer)).kernels) == {"int4", "dequant"}
 
 
 @needs_int4

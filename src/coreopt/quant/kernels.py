@@ -16,6 +16,8 @@ codes once into a *runtime layout* and keeps it (not saved, rebuilt after ``.to(
   ``bfloat16`` by default and the output cast back (``compute_dtype`` changes it). The scales and
   offsets are held in the compute dtype, so in ``bfloat16`` the weight is the stored one up to
   ``bfloat16`` rounding of ``s`` and ``m`` (relative ``2^-9``).
+* ``"dequant"``: unpack the codes and compute ``(q - z) s`` in the compute dtype on each call,
+  then one matmul (no cached weight; for large batches, where the matmul dominates).
 * ``"dense"``: the dequantized weight ``Ŵ`` cached in the compute dtype (the speed of an ordinary
   matmul in that dtype; ``2`` bytes per weight in ``bfloat16``), on any device.
 * ``"reference"``: dequantize the whole weight on every call (what the layer did before; exact,
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-KERNELS: tuple[str, ...] = ("auto", "int4", "dense", "reference")
+KERNELS: tuple[str, ...] = ("auto", "int4", "dequant", "dense", "reference")
 """Runtime kernels of :class:`~coreopt.quant.QuantizedLinear` (see the module docstring)."""
 
 _INT4_GROUPS = (256, 128, 64, 32)

@@ -25,21 +25,36 @@ from coreopt.quant.transforms import apply_blocks, right_blocks
 
 _METADATA = ("scale", "zero", "transform")
 
+AUTO_INT4_ROWS = 16
+"""With ``kernel="auto"`` on CPU, inputs of at most this many rows (tokens) run the int4 kernel,
+larger ones dequantize per call and run a matmul in the compute dtype (measured on one core at
+384 x 1536: the int4 kernel matches a float32 matmul at 16 rows and takes twice its time at 64;
+per-call dequantization costs about 2.4 ms there and wins above about 128 rows)."""
+
 
 @dataclass
 class _Runtime:
-    """A layer's runtime layout for one (kernel, device, compute dtype, stored version)."""
+    """A layer's runtime layouts for one (device, compute dtype, stored version), built on
+    demand: the int4 kernel layout, per-group scales/zero points for per-call dequantization, the
+    cached dense weight, the transposed transform blocks."""
 
     key: tuple[Any, ...]
-    kernel: str
     dtype: torch.dtype
-    layout: Int4Layout | None
-    weight: torch.Tensor | None
-    transform_t: torch.Tensor | None
+    layout: Int4Layout | None = None
+    scale_g: torch.Tensor | None = None
+    zero_g: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    transform_t: torch.Tensor | None = None
+
+    def kinds(self) -> list[str]:
+        """The runtime paths whose layout is built."""
+        out = [] if self.layout is None else ["int4"]
+        out += [] if self.scale_g is None else ["dequant"]
+        return out + ([] if self.weight is None else ["dense"])
 
     def nbytes(self) -> int:
         total = 0 if self.layout is None else self.layout.nbytes()
-        for t in (self.weight, self.transform_t):
+        for t in (self.scale_g, self.zero_g, self.weight, self.transform_t):
             if t is not None:
                 total += t.numel() * t.element_size()
         return total
@@ -61,17 +76,18 @@ class QuantizedLinear(nn.Module):
     width is not a multiple of the group size is stored with zero columns appended (the padding
     costs storage only).
 
-    **Runtime.** The stored buffers are what is saved; the forward runs on a *runtime layout*
+    **Runtime.** The stored buffers are what is saved; the forward runs on *runtime layouts*
     built from them at the first call on a device and cached (never saved; rebuilt after
     ``.to()``, ``load_state_dict`` or any in-place change of the stored buffers), chosen by
-    ``kernel`` (see :mod:`coreopt.quant.kernels`): ``"auto"`` (default) is ``"int4"`` on CPU
-    (torch's packed weight-only int4 kernel, all bit widths, 8 bits as two 4-bit halves) and
-    ``"reference"`` elsewhere; ``"dense"`` caches the dequantized weight; ``"reference"``
-    dequantizes the whole weight on each call. ``compute_dtype`` is the activation dtype of the
-    kernel: ``None`` (default) computes ``float32`` inputs in ``bfloat16`` on the int4 kernel
-    (the fast case; 10-25x slower in ``float32``) and everything else in the input's dtype; the
-    output always has the input's dtype. An input that requires a gradient takes the reference
-    path. Set both with :meth:`set_runtime` or, for a whole model,
+    ``kernel`` (see :mod:`coreopt.quant.kernels`): ``"auto"`` (default) runs torch's packed int4
+    CPU kernel (every bit width; 8 bits as two 4-bit halves) for inputs of up to
+    :data:`AUTO_INT4_ROWS` rows and, above that or off CPU, ``"dequant"`` (unpack and dequantize
+    per call in the compute dtype, then one matmul); ``"dense"`` caches the dequantized weight;
+    ``"reference"`` dequantizes in float32 on each call. ``compute_dtype`` is the activation dtype
+    of the packed paths: ``None`` (default) computes ``float32`` inputs in ``bfloat16`` on CPU
+    (the fast case: the int4 kernel is 10-25x slower in ``float32``) and everything else in the
+    input's dtype; the output always has the input's dtype. An input that requires a gradient
+    takes the reference path. Set both with :meth:`set_runtime` or, for a whole model,
     :func:`coreopt.quant.set_runtime`. Casting the layer (``.half()``, ``.to(torch.bfloat16)``)
     casts the bias only: codes, scales, zero points and transform keep their stored dtype.
 
@@ -231,9 +247,9 @@ class QuantizedLinear(nn.Module):
     def set_runtime(
         self, kernel: str = "auto", compute_dtype: torch.dtype | None = None
     ) -> QuantizedLinear:
-        """Choose the runtime kernel (``"auto"``, ``"int4"``, ``"dense"``, ``"reference"``) and
-        the activation dtype it computes in (``None``: see the class docstring); drops the cached
-        layout. Returns ``self``."""
+        """Choose the runtime kernel (``"auto"``, ``"int4"``, ``"dequant"``, ``"dense"``,
+        ``"reference"``) and the activation dtype it computes in (``None``: see the class
+        docstring); drops the cached layouts. Returns ``self``."""
         if kernel not in KERNELS:
             raise ValueError(f"kernel={kernel!r} is unknown; expected one of {KERNELS}")
         if compute_dtype is not None and compute_dtype not in (
@@ -252,7 +268,10 @@ class QuantizedLinear(nn.Module):
         return self
 
     def resolve_kernel(self, x: torch.Tensor) -> str:
-        """The kernel the forward uses for input ``x`` (``"int4"``, ``"dense"``, ``"reference"``).
+        """The path the forward takes for input ``x``: ``"int4"``, ``"dequant"``, ``"dense"`` or
+        ``"reference"``. ``"auto"`` on CPU is ``"int4"`` for at most :data:`AUTO_INT4_ROWS`
+        rows (tokens) and ``"dequant"`` above (the int4 kernel's time grows with the rows, a
+        bfloat16 matmul's hardly), ``"dequant"`` on other devices.
 
         Raises:
             ValueError: ``kernel="int4"`` on a device without the int4 kernel (CPU only).
@@ -260,19 +279,24 @@ class QuantizedLinear(nn.Module):
         if self.kernel == "reference" or (x.requires_grad and torch.is_grad_enabled()):
             return "reference"
         if self.kernel == "auto":
-            return "int4" if int4_available(x.device) else "reference"
+            if not int4_available(x.device):
+                return "dequant"
+            rows = x.numel() // max(x.shape[-1], 1)
+            return "int4" if rows <= AUTO_INT4_ROWS else "dequant"
         if self.kernel == "int4" and not int4_available(x.device):
             raise ValueError(
                 f"kernel='int4' runs on CPU only (torch's _weight_int4pack_mm_for_cpu); the input "
-                f"is on {x.device}: use kernel='dense' or 'reference' there"
+                f"is on {x.device}: use kernel='dequant', 'dense' or 'reference' there"
             )
         return self.kernel
 
-    def resolve_compute_dtype(self, kernel: str, x: torch.Tensor) -> torch.dtype:
-        """The activation dtype ``kernel`` computes in for input ``x``."""
+    def resolve_compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The activation dtype the packed paths compute in for input ``x``: ``compute_dtype``,
+        else ``bfloat16`` for a ``float32`` input on CPU, else the input's dtype."""
         if self.compute_dtype is not None:
             return self.compute_dtype
-        if kernel == "int4" and x.dtype == torch.float32:
+        packed = self.kernel in ("auto", "int4", "dequant")
+        if packed and x.dtype == torch.float32 and x.device.type == "cpu":
             return torch.bfloat16
         return x.dtype
 
@@ -283,30 +307,30 @@ class QuantizedLinear(nn.Module):
         return tuple((t.data_ptr(), t._version) for t in ts)
 
     def runtime(self, kernel: str, device: torch.device, dtype: torch.dtype) -> _Runtime:
-        """The cached runtime layout for ``(kernel, dtype)`` on ``device``, built on first use
-        (and again whenever the stored buffers changed)."""
-        key = (kernel, device, dtype, self._stored_key())
+        """The cached runtime layouts on ``device`` in ``dtype``, with the one ``kernel`` needs
+        built now if missing (everything is rebuilt when the stored buffers changed)."""
+        key = (device, dtype, self._stored_key())
         rt = self._runtime
-        if rt is not None and rt.key == key:
-            return rt
-        self._runtime = None  # free the old layout before building the new one
+        if rt is None or rt.key != key:
+            self._runtime = None  # free the old layouts before building new ones
+            rt = _Runtime(key, dtype)
         with torch.inference_mode(False), torch.no_grad():
-            layout = weight = None
-            if kernel == "int4":
-                layout = pack_int4(
+            if kernel == "int4" and rt.layout is None:
+                rt.layout = pack_int4(
                     self.codes(), self.scale, self.zero, self.fmt.bits, self.fmt.group_size, dtype
                 )
-            else:
-                weight = self.stored_weight(dtype).contiguous()
-            Tt = None
-            if self.transform is not None:
-                Tt = self.transform.to(dtype).transpose(1, 2).contiguous()
-        rt = _Runtime(key, kernel, dtype, layout, weight, Tt)
+            elif kernel == "dequant" and rt.scale_g is None:
+                rt.scale_g = self.scale.to(dtype).unsqueeze(-1).contiguous()
+                rt.zero_g = self.zero.to(dtype).unsqueeze(-1).contiguous()
+            elif kernel == "dense" and rt.weight is None:
+                rt.weight = self.stored_weight(dtype).contiguous()
+            if self.transform is not None and rt.transform_t is None:
+                rt.transform_t = self.transform.to(dtype).transpose(1, 2).contiguous()
         self._runtime = rt
         return rt
 
     def runtime_bytes(self) -> int:
-        """Bytes of the cached runtime layout (0 before the first forward or on the reference
+        """Bytes of the cached runtime layouts (0 before the first forward or on the reference
         path); the stored buffers (:meth:`memory_bytes`) stay in memory as well."""
         return 0 if self._runtime is None else self._runtime.nbytes()
 
@@ -339,19 +363,28 @@ class QuantizedLinear(nn.Module):
                 x = apply_blocks(x, self.transform.to(x.dtype))
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, W, bias)
-        dtype = self.resolve_compute_dtype(kernel, x)
+        dtype = self.resolve_compute_dtype(x)
         rt = self.runtime(kernel, x.device, dtype)
         h = x.reshape(-1, self.in_features).to(dtype)
         if rt.transform_t is not None:
             h = apply_transform_batched(h, rt.transform_t)
-        if rt.layout is not None:
+        if kernel == "int4":
+            assert rt.layout is not None
             y = int4_matmul(h, rt.layout).to(x.dtype)
             if self.bias is not None:
                 y = y + self.bias.to(x.dtype)
         else:
-            assert rt.weight is not None
+            if kernel == "dense":
+                assert rt.weight is not None
+                W = rt.weight
+            else:  # dequant: unpack (one table lookup) and (q - z) s in the compute dtype
+                assert rt.scale_g is not None
+                assert rt.zero_g is not None
+                n, g = self.out_features, self.fmt.group_size
+                q = self.codes().view(n, -1, g).to(dtype)
+                W = ((q - rt.zero_g) * rt.scale_g).view(n, -1)[:, : self.in_features]
             bias = None if self.bias is None else self.bias.to(dtype)
-            y = F.linear(h, rt.weight, bias).to(x.dtype)
+            y = F.linear(h, W, bias).to(x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     # ------------------------------------------------------------------ reporting

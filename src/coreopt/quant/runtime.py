@@ -22,7 +22,8 @@ class RuntimeReport:
         runtime_bytes: bytes of the runtime layouts built by the quantized layers (int4 kernel
             layouts, cached dense weights, transforms in the compute dtype), held in memory *on
             top of* ``disk_bytes``.
-        kernels: ``{kernel: number of layers}`` of the layouts currently built.
+        kernels: ``{path: number of layers}`` of the runtime layouts currently built
+            (``"int4"``, ``"dequant"``, ``"dense"``).
     """
 
     disk_bytes: int
@@ -51,11 +52,12 @@ def set_runtime(
 
     Args:
         model: a model holding :class:`QuantizedLinear` layers.
-        kernel: ``"auto"`` (int4 kernel on CPU, the reference path elsewhere), ``"int4"``,
-            ``"dense"`` (cached dequantized weight) or ``"reference"`` (dequantize per call); see
-            :mod:`coreopt.quant.kernels`.
-        compute_dtype: activation dtype of the kernel, or ``None`` (``float32`` inputs run the
-            int4 kernel in ``bfloat16``; otherwise the input's dtype).
+        kernel: ``"auto"`` (on CPU the int4 kernel for up to 16 rows, per-call dequantization
+            above; per-call dequantization elsewhere), ``"int4"``, ``"dequant"``, ``"dense"``
+            (cached dequantized weight) or ``"reference"`` (float32 dequantization per call,
+            differentiable); see :mod:`coreopt.quant.kernels`.
+        compute_dtype: activation dtype of the kernel, or ``None`` (on CPU, ``float32`` inputs
+            run the int4 and dequant paths in ``bfloat16``; otherwise the input's dtype).
         example: optional input batch; when given, ``model(example)`` runs once under
             ``torch.inference_mode`` so every layout is built now rather than at the first call.
 
@@ -91,7 +93,7 @@ def runtime_report(model: nn.Module) -> RuntimeReport:
     from coreopt.quant.quantize import model_bytes
 
     layers = quantized_layers(model)
-    kinds = Counter(m._runtime.kernel for m in layers if m._runtime is not None)
+    kinds = Counter(k for m in layers if m._runtime is not None for k in m._runtime.kinds())
     return RuntimeReport(
         model_bytes(model), sum(m.runtime_bytes() for m in layers), dict(sorted(kinds.items()))
     )
