@@ -8,13 +8,15 @@ paired weights and the rounding from the weights alone, against a proxy of the q
 * formats and storage: :class:`QuantFormat`, :class:`QuantizedLinear`, :func:`pack_bits`,
   :func:`unpack_bits`, :func:`save_quantized`, :func:`load_quantized`;
 * deployment: :func:`set_runtime`, :func:`runtime_report` (packed kernels, disk vs runtime
-  bytes); transformers ``save_pretrained``/``from_pretrained`` through :mod:`coreopt.quant.hf`;
+  bytes), :func:`compress_embeddings` (16-bit embeddings and head); transformers
+  ``save_pretrained``/``from_pretrained`` through :mod:`coreopt.quant.hf`;
 * building blocks: :func:`learn_transform`, :func:`gptq`, the dual transforms
   (:func:`fold_vo`, :func:`fold_qk`, :func:`fold_gated`), :func:`discover`;
 * extension: :func:`register_method`.
 """
 
 from coreopt.quant.config import MetaDeviceError, NonFiniteWeightError, QuantizeConfig
+from coreopt.quant.embeddings import compress_embeddings
 from coreopt.quant.format import (
     SUPPORTED_BITS,
     QuantFormat,
@@ -58,6 +60,7 @@ __all__ = [
     "QuantizedLinear",
     "RuntimeReport",
     "UnsupportedFormatError",
+    "compress_embeddings",
     "dequantize_codes",
     "discover",
     "fake_quantize",

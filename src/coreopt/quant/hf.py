@@ -34,6 +34,7 @@ from typing import Any
 
 from torch import nn
 
+from coreopt.quant.embeddings import half_module_configs, rebuild_half_modules
 from coreopt.quant.io import FORMAT_VERSION, replace_with_quantized
 from coreopt.quant.layouts import mark_tensor_reads
 from coreopt.quant.linear import QuantizedLinear
@@ -63,17 +64,19 @@ def _build_classes() -> dict[str, Any]:
             self,
             layers: dict[str, dict[str, Any]] | None = None,
             format_version: str = FORMAT_VERSION,
+            half_modules: dict[str, dict[str, Any]] | None = None,
             **kwargs: Any,
         ) -> None:
             self.quant_method = QUANT_METHOD  # type: ignore[assignment]
             self.layers = dict(layers or {})
+            self.half_modules = dict(half_modules or {})
             self.format_version = str(format_version)
             if self.format_version != FORMAT_VERSION:
                 raise ValueError(
                     f"quantization_config.format_version={self.format_version!r}: this coreopt "
                     f"reads version {FORMAT_VERSION!r}"
                 )
-            if not isinstance(self.layers, dict) or not self.layers:
+            if not isinstance(self.layers, dict) or not (self.layers or self.half_modules):
                 raise ValueError("quantization_config.layers must list the quantized layers")
 
     class CoreoptHfQuantizer(HfQuantizer):
@@ -83,8 +86,10 @@ def _build_classes() -> dict[str, Any]:
 
         def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> Any:
             layers = getattr(self.quantization_config, "layers", {})
+            half = getattr(self.quantization_config, "half_modules", {})
             check_checkpoint(layers, kwargs.get("checkpoint_files") or [])
             replace_with_quantized(model, layers)
+            rebuild_half_modules(model, half)
             # transformers initialises the modules of missing keys after loading, and some
             # parents' _init_weights read their children's .weight (GPT-2 re-initialises
             # mlp.c_proj.weight): the quantized layers and their parents are loaded, not init.
@@ -183,10 +188,11 @@ def attach_config(model: nn.Module) -> bool:
     layers = {
         n: m.config_dict() for n, m in model.named_modules() if isinstance(m, QuantizedLinear)
     }
-    if not layers:
+    half = half_module_configs(model)
+    if not layers and not half:
         return False
     config_cls = register()["config"]
-    model.config.quantization_config = config_cls(layers=layers)
+    model.config.quantization_config = config_cls(layers=layers, half_modules=half)
     return True
 
 

@@ -22,6 +22,7 @@ from coreopt.quant.layouts import _is_conv1d, mark_tensor_reads
 from coreopt.quant.linear import QuantizedLinear
 
 METADATA_KEY = "coreopt.quant.layers"
+HALF_KEY = "coreopt.quant.half_modules"
 FORMAT_VERSION = "1"
 
 
@@ -48,13 +49,19 @@ def save_quantized(model: nn.Module, path: str | os.PathLike[str]) -> None:
     Raises:
         ValueError: the model holds no :class:`QuantizedLinear`.
     """
+    from coreopt.quant.embeddings import half_module_configs
+
     layers = {
         n: m.config_dict() for n, m in model.named_modules() if isinstance(m, QuantizedLinear)
     }
     if not layers:
         raise ValueError("the model has no QuantizedLinear layer; quantize it first")
     st = _safetensors()
-    meta = {METADATA_KEY: json.dumps(layers), "coreopt.quant.version": FORMAT_VERSION}
+    meta = {
+        METADATA_KEY: json.dumps(layers),
+        HALF_KEY: json.dumps(half_module_configs(model)),
+        "coreopt.quant.version": FORMAT_VERSION,
+    }
     st.save_model(model, os.fspath(path), metadata=meta)
 
 
@@ -83,8 +90,15 @@ def load_quantized(
         ValueError: the file is not a coreopt quantized model, or a listed layer is missing or is
             not an ``nn.Linear`` of the right shape in ``model``.
     """
+    from safetensors import safe_open
+
+    from coreopt.quant.embeddings import rebuild_half_modules
+
     layers = read_layer_configs(path)
     replace_with_quantized(model, layers)
+    with safe_open(os.fspath(path), framework="pt") as f:
+        half = json.loads((f.metadata() or {}).get(HALF_KEY, "{}"))
+    rebuild_half_modules(model, half)
     st = _safetensors()
     missing, unexpected = st.load_model(
         model, os.fspath(path), strict=True, device=str(device) if device is not None else "cpu"
