@@ -150,6 +150,20 @@ def _dynamic_program(layers: Sequence[Sequence[Option]], budget: float) -> list[
 def _lagrangian(
     layers: Sequence[Sequence[Option]], budget: float, cheapest: list[int]
 ) -> list[int]:
+    return _bisect(layers, budget, cheapest)[0]
+
+
+def bit_price(layers: Sequence[Sequence[Option]], budget: float) -> float:
+    """The Lagrange multiplier of the budget: the smallest price of one bit (loss per bit) at
+    which the per-layer choices fit; 0 when the budget does not bind. An option that adds ``c``
+    bits to a layer whose loss is below ``price · c`` cannot pay for itself even if it removed
+    all of the layer's loss (the pruning rule of the transform options)."""
+    return _bisect(layers, budget, [_cheapest(o) for o in layers])[1]
+
+
+def _bisect(
+    layers: Sequence[Sequence[Option]], budget: float, cheapest: list[int]
+) -> tuple[list[int], float]:
     def choice(price: float) -> list[int]:
         return [_pick(o, price) for o in layers]
 
@@ -157,19 +171,20 @@ def _lagrangian(
         return _cost(layers, c)
 
     best = choice(0.0)
-    if cost(best) > budget:
-        lo, hi = -40.0, 10.0  # log10 of the price of one bit
-        while cost(choice(10.0**hi)) > budget:
-            hi += 10.0
-        best = cheapest
-        for _ in range(80):
-            mid = (lo + hi) / 2
-            c = choice(10.0**mid)
-            if cost(c) <= budget:
-                hi, best = mid, c
-            else:
-                lo = mid
-    return best
+    if cost(best) <= budget:
+        return best, 0.0
+    lo, hi = -40.0, 10.0  # log10 of the price of one bit
+    while cost(choice(10.0**hi)) > budget:
+        hi += 10.0
+    best = cheapest
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        c = choice(10.0**mid)
+        if cost(c) <= budget:
+            hi, best = mid, c
+        else:
+            lo = mid
+    return best, 10.0**hi
 
 
 def _fill(layers: Sequence[Sequence[Option]], budget: float, best: list[int]) -> list[int]:

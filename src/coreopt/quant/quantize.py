@@ -18,7 +18,7 @@ from torch import nn
 
 from coreopt.objective import init_linalg, resolve_device
 from coreopt.parallel import parallel_map
-from coreopt.quant.budget import Option, choose_options, stored_bits
+from coreopt.quant.budget import Option, bit_price, choose_options, stored_bits
 from coreopt.quant.config import (
     MetaDeviceError,
     NonFiniteWeightError,
@@ -813,7 +813,9 @@ def _budget_plan(
        by round-to-nearest under the layer's prior; solve the knapsack.
     2. For ``"cafeq"`` with a transform: learn each block size of ``block_options`` at the format
        chosen in 1 and add it as an option (its loss estimated the same way, its blocks priced);
-       solve again.
+       solve again. A transform is not even learned where the layer's whole loss is below the
+       price of its blocks at the budget's Lagrange multiplier (:func:`~coreopt.quant.budget.
+       bit_price`): it could not pay for itself.
     3. Every layer is then quantized at its chosen format (GPTQ against the prior, the learned
        transform when chosen, the per-layer selection keeping the lower proxy).
     """
@@ -836,6 +838,7 @@ def _budget_plan(
     learned: dict[tuple[int, int], torch.Tensor] = {}
     if cfg.method == "cafeq" and cfg.transform != "identity" and cfg.block_options:
         meta = torch.finfo(cfg.scale_dtype).bits
+        price = bit_price(options, total)
 
         def price_transforms(i: int) -> list[tuple[Option, torch.Tensor]]:
             t, o = tasks[i], options[i][pick[i]]
@@ -845,8 +848,9 @@ def _budget_plan(
             m = layer_prior(W, t.moments, cfg.prior)
             res = []
             for k in cfg.block_options:
-                if n % k:
-                    continue
+                extra = stored_bits(out, n, o.bits, o.group_size, k, meta) - o.cost
+                if n % k or o.loss <= price * extra:
+                    continue  # even a perfect transform could not pay for its blocks
                 T, _ = cafeq_transform(W, m, fmt, dataclasses.replace(cfg, block_size=k), t.seed)
                 loss = estimate_loss(W, T, m, fmt, cfg)
                 cost = stored_bits(out, n, o.bits, o.group_size, k, meta)
