@@ -353,7 +353,7 @@ def main() -> None:
     parser.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 8])
     parser.add_argument("--groups", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument(
-        "--bpw", type=float, nargs="+", default=[3.5, 4.5], help="byte budgets (bits per weight)"
+        "--bpw", type=float, nargs="*", default=[3.5, 4.5], help="byte budgets (bits per weight)"
     )
     parser.add_argument("--texts", default="stdlib,field_notes", help="comma list of texts")
     parser.add_argument("--sentences", type=int, default=256, help="MiniLM sentences per text")

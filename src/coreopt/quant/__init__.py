@@ -15,6 +15,7 @@ paired weights and the rounding from the weights alone, against a proxy of the q
 * extension: :func:`register_method`.
 """
 
+from coreopt.quant.budget import bit_price, choose_options, stored_bits
 from coreopt.quant.config import MetaDeviceError, NonFiniteWeightError, QuantizeConfig
 from coreopt.quant.embeddings import compress_embeddings
 from coreopt.quant.format import (
@@ -60,6 +61,8 @@ __all__ = [
     "QuantizedLinear",
     "RuntimeReport",
     "UnsupportedFormatError",
+    "bit_price",
+    "choose_options",
     "compress_embeddings",
     "dequantize_codes",
     "discover",
@@ -79,6 +82,7 @@ __all__ = [
     "runtime_report",
     "save_quantized",
     "set_runtime",
+    "stored_bits",
     "unpack_bits",
 ]
 
