@@ -8,7 +8,8 @@ paired weights and the rounding from the weights alone, against a proxy of the q
 * formats and storage: :class:`QuantFormat`, :class:`QuantizedLinear`, :func:`pack_bits`,
   :func:`unpack_bits`, :func:`save_quantized`, :func:`load_quantized`;
 * deployment: :func:`set_runtime`, :func:`runtime_report` (packed kernels, disk vs runtime
-  bytes), :func:`compress_embeddings` (16-bit embeddings and head); transformers
+  bytes), :func:`compress_embeddings` (16-bit embeddings and head), :func:`export_gguf`
+  (llama.cpp's GGUF); transformers
   ``save_pretrained``/``from_pretrained`` through :mod:`coreopt.quant.hf`;
 * building blocks: :func:`learn_transform`, :func:`gptq`, the dual transforms
   (:func:`fold_vo`, :func:`fold_qk`, :func:`fold_gated`), :func:`discover`;
@@ -18,6 +19,7 @@ paired weights and the rounding from the weights alone, against a proxy of the q
 from coreopt.quant.budget import bit_price, choose_options, stored_bits
 from coreopt.quant.config import MetaDeviceError, NonFiniteWeightError, QuantizeConfig
 from coreopt.quant.embeddings import compress_embeddings
+from coreopt.quant.export import GGUFExport, export_gguf
 from coreopt.quant.format import (
     SUPPORTED_BITS,
     QuantFormat,
@@ -47,6 +49,7 @@ from coreopt.quant.structure import ModelStructure, discover
 
 __all__ = [
     "SUPPORTED_BITS",
+    "GGUFExport",
     "InputMoments",
     "LayerOutcome",
     "LayerReport",
@@ -66,6 +69,7 @@ __all__ = [
     "compress_embeddings",
     "dequantize_codes",
     "discover",
+    "export_gguf",
     "fake_quantize",
     "fold_dual_transforms",
     "fold_gated",
