@@ -27,6 +27,21 @@ N = 9
 GAME = games.coverage(N, seed=0)
 
 
+@pytest.fixture(autouse=True)
+def _default_signal_handlers():
+    """Run each test with Python's own SIGINT/SIGTERM handlers: coreopt installs its handlers only
+    over those, and another library of the same test session (Ray) may have replaced them with
+    handlers that would end pytest itself."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 class Logged:
     """``GAME``'s value, counting every call per coalition (thread-safe)."""
 
@@ -194,9 +209,9 @@ def test_sigterm_becomes_an_exception_with_the_values(tmp_path: Path) -> None:
 
     with pytest.raises(SolveTerminated) as info:
         coreopt.least_core(value, N, budget=300, mode="approximate", progress=False)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert info.value.code == 143
     assert set(info.value.values) == set(calls)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_a_solver_side_exception_carries_the_values(
@@ -323,8 +338,9 @@ def test_killed_subprocess_resumes_without_paying_twice(tmp_path: Path, sig: int
     assert max(paid_first.values()) == 1
     # the budget spans both runs
     assert int(calls) + int(reused) <= 150
-    assert len(paid) <= 150
-    assert sum(paid.values()) <= 150 + len(twice)
+    # every call paid, the ones a SIGKILL lost included, fits in the budget: the file notes
+    # calls before they start, and a rerun counts the unanswered ones as spent
+    assert sum(paid.values()) <= 150
     assert all(len(json.loads(c)) for c in paid)
 
 
@@ -345,3 +361,30 @@ def test_values_are_in_the_file_as_soon_as_they_are_paid(tmp_path: Path) -> None
     # before call k (0-based) the file already held the k values paid before it
     assert seen_in_file == list(range(len(seen_in_file)))
     assert np.all(np.diff(seen_in_file) == 1)
+
+
+def test_a_second_ctrl_c_raises_at_once_and_still_keeps_the_values() -> None:
+    # the second SIGINT does not wait for the drain: calls in flight in worker threads finish
+    # after the exception left the oracle, and only the ledger sees their values
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals need the main thread")
+    calls: Counter[frozenset] = Counter()
+    lock = threading.Lock()
+
+    def slow(s: frozenset) -> float:
+        with lock:
+            calls[s] += 1
+            total = sum(calls.values())
+        if total == 40:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        return GAME(s)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        coreopt.least_core(
+            slow, N, budget=300, mode="approximate", max_concurrency=4, progress=False
+        )
+    values = info.value.values  # type: ignore[attr-defined]
+    assert set(values) == set(calls)
