@@ -112,6 +112,10 @@ class Checkpoint:
                 "CREATE TABLE IF NOT EXISTS coalition_value "
                 "(mask TEXT PRIMARY KEY, value REAL NOT NULL, paid_at REAL NOT NULL)"
             )
+            # calls started and not yet answered: left over only by a killed process
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS pending (mask TEXT PRIMARY KEY, started_at REAL)"
+            )
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -119,6 +123,8 @@ class Checkpoint:
                 f"checkpoint={self.path!r} is not a coreopt least-core checkpoint: {exc}"
             ) from exc
         want = {"format": FORMAT, "players": player_identity(players), "game": game}
+        self.lost_calls = 0
+        """Calls paid by killed runs whose answers never arrived (they count toward budgets)."""
         if not meta:
             self._db.executemany("INSERT INTO meta VALUES (?, ?)", list(want.items()))
             return
@@ -134,6 +140,17 @@ class Checkpoint:
                     f"{meta.get(key)!r}, this solve's is {want[key]!r}. Use a new path for a new "
                     "game (or delete the file to start over)"
                 )
+        # Calls a killed run started and never got an answer for were paid for all the same:
+        # they count toward every later budget (one process per file at a time).
+        self._db.execute("BEGIN")
+        lost = self._db.execute(
+            "SELECT COUNT(*) FROM pending WHERE mask NOT IN (SELECT mask FROM coalition_value)"
+        ).fetchone()[0]
+        total = int(meta.get("lost_calls", "0")) + int(lost)
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('lost_calls', ?)", (str(total),))
+        self._db.execute("DELETE FROM pending")
+        self._db.execute("COMMIT")
+        self.lost_calls = total
 
     def load(self) -> dict[int, float]:
         """Every value in the file, keyed by coalition mask."""
@@ -149,18 +166,36 @@ class Checkpoint:
             out[mask] = float(value)
         return out
 
+    def start(self, masks: list[int]) -> None:
+        """Note (committed) that calls for ``masks`` are about to be paid for."""
+        now = time.time()
+        self._write(
+            "INSERT OR REPLACE INTO pending VALUES (?, ?)", [(format(m, "x"), now) for m in masks]
+        )
+
+    def abandon(self, masks: list[int]) -> None:
+        """The calls for ``masks`` failed: no answer, no longer pending."""
+        self._write("DELETE FROM pending WHERE mask = ?", [(format(m, "x"),) for m in masks])
+
     def record(self, items: list[tuple[int, float]]) -> None:
         """Write ``(mask, value)`` pairs in one committed transaction (existing masks kept)."""
         if not items:
             return
         now = time.time()
+        self._write(
+            "INSERT OR IGNORE INTO coalition_value VALUES (?, ?, ?)",
+            [(format(m, "x"), v, now) for m, v in items],
+            "DELETE FROM pending WHERE mask = ?",
+            [(format(m, "x"),) for m, _ in items],
+        )
+
+    def _write(self, *statements: Any) -> None:
+        """Run ``(sql, rows)`` pairs with ``executemany`` in one committed transaction."""
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO coalition_value VALUES (?, ?, ?)",
-                    [(format(m, "x"), v, now) for m, v in items],
-                )
+                for sql, rows in zip(statements[::2], statements[1::2], strict=True):
+                    self._db.executemany(sql, rows)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -190,41 +225,58 @@ class PaidLedger:
     :attr:`stop` makes queued calls give up instead of paying once the solve is interrupted.
     """
 
+    # No lock guards ``paid`` or ``_active``: a signal handler reads them in the main thread,
+    # possibly while the main thread itself is recording (a lock would deadlock there), and
+    # single dict/set operations on frozenset keys are atomic under the GIL.
+
     def __init__(self, players: Players, checkpoint: Checkpoint | None) -> None:
         self.players = players
         self.checkpoint = checkpoint
-        self.paid: dict[frozenset[Hashable], float] = {}
+        self.paid: dict[frozenset[Hashable], Any] = {}
+        """Raw values as returned (validated when read: the oracle rejects bad ones itself)."""
         self.stop = threading.Event()
         self.interrupted: int | None = None
         """The signal that stopped the solve (``signal.SIGINT``/``SIGTERM``), if any."""
-        self.in_flight = 0
-        self._lock = threading.Lock()
+        self._active: set[Any] = set()
 
-    def _enter(self) -> None:
+    @property
+    def in_flight(self) -> int:
+        """Value calls running now."""
+        return len(self._active)
+
+    def _enter(self, token: Any) -> None:
         if self.stop.is_set():
             raise _Stopped
-        with self._lock:
-            self.in_flight += 1
-
-    def _leave(self) -> None:
-        with self._lock:
-            self.in_flight -= 1
+        self._active.add(token)
 
     def values(
         self, extra: Mapping[frozenset[Hashable], float] | None = None
     ) -> dict[frozenset[Hashable], float]:
-        """``extra`` (values known before the solve) updated with every value paid for."""
-        with self._lock:
-            return {**(extra or {}), **self.paid}
+        """``extra`` (values known before the solve) updated with every valid value paid for."""
+        out = dict(extra or {})
+        for coalition, raw in self.paid.copy().items():
+            value = _as_value(raw)
+            if value is not None:
+                out[coalition] = value
+        return out
 
     def _record_one(self, coalition: frozenset[Hashable], raw: Any) -> None:
-        value = _as_value(raw)
-        if value is None:
-            return
-        with self._lock:
-            self.paid[coalition] = value
+        self.paid[coalition] = raw
         if self.checkpoint is not None:
-            self.checkpoint.record([(self.players.mask(coalition), value)])
+            value = _as_value(raw)
+            mask = self.players.mask(coalition)
+            if value is not None:
+                self.checkpoint.record([(mask, value)])
+            else:  # the oracle rejects it (and raises): no value, nothing pending
+                self.checkpoint.abandon([mask])
+
+    def _start(self, coalition: frozenset[Hashable]) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint.start([self.players.mask(coalition)])
+
+    def _abandon(self, coalition: frozenset[Hashable]) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint.abandon([self.players.mask(coalition)])
 
     def _record_batch(self, masks: npt.NDArray[np.int64], raw: Any, fn: VectorizedValue) -> None:
         try:
@@ -233,11 +285,10 @@ class PaidLedger:
             return  # the oracle raises the same error and names the mismatch
         ok = np.isfinite(values)
         items = [(int(m), float(v)) for m, v, good in zip(masks, values, ok, strict=True) if good]
-        with self._lock:
-            for m, v in items:
-                self.paid[self.players.coalition(m)] = v
+        self.paid.update((self.players.coalition(m), v) for m, v in items)
         if self.checkpoint is not None:
             self.checkpoint.record(items)
+            self.checkpoint.abandon([int(m) for m, good in zip(masks, ok, strict=True) if not good])
 
     def wrap(self, value_fn: Any) -> Any:
         """``value_fn`` with every value it returns recorded (same kind: sync, async, batched)."""
@@ -251,17 +302,23 @@ class PaidLedger:
             getattr(value_fn, "__call__", None)  # noqa: B004 - async callable objects
         )
         stop = self.stop
+        active = self._active
+        paid = self.paid
         record = self._record_one
         if is_async:
 
             async def async_value(coalition: frozenset[Hashable]) -> Any:
                 if stop.is_set():
                     raise asyncio.CancelledError("least_core was interrupted")
-                self._enter()
+                active.add(coalition)  # one call per coalition at a time: a fine token
+                self._start(coalition)
                 try:
                     out = await value_fn(coalition)
+                except BaseException:
+                    self._abandon(coalition)
+                    raise
                 finally:
-                    self._leave()
+                    active.discard(coalition)
                 record(coalition, out)
                 return out
 
@@ -269,16 +326,37 @@ class PaidLedger:
         if not callable(value_fn):
             return value_fn  # the oracle raises the TypeError naming it
 
-        def sync_value(coalition: frozenset[Hashable]) -> Any:
-            self._enter()
+        if self.checkpoint is not None:
+
+            def sync_value(coalition: frozenset[Hashable]) -> Any:
+                if stop.is_set():
+                    raise _Stopped
+                active.add(coalition)
+                self._start(coalition)
+                try:
+                    out = value_fn(coalition)
+                except BaseException:
+                    self._abandon(coalition)
+                    raise
+                finally:
+                    active.discard(coalition)
+                record(coalition, out)
+                return out
+
+            return sync_value
+
+        def fast_value(coalition: frozenset[Hashable]) -> Any:  # no file: record in memory only
+            if stop.is_set():
+                raise _Stopped
+            active.add(coalition)
             try:
                 out = value_fn(coalition)
             finally:
-                self._leave()
-            record(coalition, out)
+                active.discard(coalition)
+            paid[coalition] = out
             return out
 
-        return sync_value
+        return fast_value
 
     @contextlib.contextmanager
     def signals(self, values: Callable[[], dict[frozenset[Hashable], float]]) -> Iterator[None]:
@@ -332,11 +410,19 @@ class _LedgerVector(VectorizedValue):
         self.ledger = ledger
 
     def evaluate(self, masks: npt.NDArray[np.int64], n: int) -> Any:
-        self.ledger._enter()
+        token = object()
+        self.ledger._enter(token)
+        ck = self.ledger.checkpoint
+        if ck is not None:
+            ck.start([int(m) for m in masks])
         try:
             raw = self.inner.evaluate(masks, n)
+        except BaseException:
+            if ck is not None:
+                ck.abandon([int(m) for m in masks])
+            raise
         finally:
-            self.ledger._leave()
+            self.ledger._active.discard(token)
         self.ledger._record_batch(masks, raw, self.inner)
         return raw
 

@@ -205,8 +205,17 @@ def _solve(
         raise TypeError(f"value_fn must be callable, got {type(value_fn).__name__}")
     known = _check_known(known_values, players)
     store = None
+    lost = 0
     if checkpoint is not None:
         store = Checkpoint(checkpoint, players, game_identity(value_fn))
+        lost = store.lost_calls
+        if lost:
+            logger.warning(
+                "checkpoint %s: %d calls of a killed run never got their answers; they were "
+                "paid for and count toward the budget",
+                store.path,
+                lost,
+            )
         on_disk = store.load()
         store.record([(m, v) for m, v in known.items() if m not in on_disk])
         known = {**on_disk, **known}
@@ -217,7 +226,7 @@ def _solve(
     state: dict[str, Any] = {}
     try:
         with ledger.signals(lambda: _all_values(ledger, known_labels, state)):
-            res = _solve_known(ledger.wrap(value_fn), players, cfg, known, loop, state)
+            res = _solve_known(ledger.wrap(value_fn), players, cfg, known, loop, state, lost)
     except BaseException as exc:
         ledger.stop.set()  # queued calls give up instead of paying
         err = interruption(ledger, exc)
@@ -246,6 +255,7 @@ def _solve_known(
     known: dict[int, float],
     loop: asyncio.AbstractEventLoop | None,
     state: dict[str, Any],
+    lost: int = 0,
 ) -> LeastCoreResult:
     t0 = time.perf_counter()
     n = players.n
@@ -273,7 +283,8 @@ def _solve_known(
         value_fn,
         players,
         # values already known count toward the budget: a resumed run never pays more in total
-        budget=None if cfg.budget is None else max(cfg.budget - len(known), 0),
+        # (and so do the calls a killed run paid for without getting their answers)
+        budget=None if cfg.budget is None else max(cfg.budget - len(known) - lost, 0),
         retries=cfg.retries,
         retry_delay=cfg.retry_delay,
         max_concurrency=cfg.max_concurrency,
