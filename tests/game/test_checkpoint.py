@@ -388,3 +388,27 @@ def test_a_second_ctrl_c_raises_at_once_and_still_keeps_the_values() -> None:
         )
     values = info.value.values  # type: ignore[attr-defined]
     assert set(values) == set(calls)
+
+
+def test_aleast_core_uses_the_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "v.sqlite"
+    calls: Counter[frozenset] = Counter()
+
+    async def value(s: frozenset) -> float:
+        calls[s] += 1
+        await asyncio.sleep(0)
+        return GAME(s)
+
+    async def main() -> tuple[coreopt.game.LeastCoreResult, coreopt.game.LeastCoreResult]:
+        first = await coreopt.aleast_core(
+            value, N, budget=80, mode="approximate", checkpoint=os.fspath(path), progress=False
+        )
+        second = await coreopt.aleast_core(
+            value, N, budget=200, mode="approximate", checkpoint=path, progress=False
+        )
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert max(calls.values()) == 1  # the second run never paid a value of the first again
+    assert second.reused_values == first.value_calls
+    assert first.value_calls + second.value_calls == sum(calls.values()) <= 200
