@@ -9,10 +9,12 @@ cache; each proxy has its own KV cache):
 * plain — temperature sampling (the reference row: ratio 1);
 * ADS (batched) — antidistillation sampling with one proxy and one forward of the doubled batch:
   rows ``[:B]`` at θ + εg and rows ``[B:]`` at θ − εg, through forward hooks that add ``±ε`` times
-  each linear layer's / embedding's / norm's output at ``g`` (the default, ``proxy_mode="auto"``);
+  each linear layer's / embedding's / norm's output at ``g`` (what ``proxy_mode="auto"`` picks
+  when two more proxies do not fit in memory);
 * ADS (inplace) — one proxy perturbed in place, module by module, around each of its two forwards
   (θ + εg, then θ − εg; parameters restored bit-exactly);
-* ADS (copies) — the same with two perturbed deep copies of the proxy (the reference code's way);
+* ADS (copies) — the same with two perturbed deep copies of the proxy (the reference code's way;
+  what ``proxy_mode="auto"`` picks when they fit in a quarter of the free memory);
 * ADFP — antidistillation fingerprinting (one unperturbed proxy forward and a green-list mask);
 * KGW — transformers' WatermarkLogitsProcessor (no proxy);
 * transformers generate — ``teacher.generate`` with the same plain sampling, and with the ADS
@@ -248,7 +250,7 @@ def main() -> None:
 
     labels = {
         "plain": "coreopt plain sampling",
-        "ads-batched": "ADS, one proxy, doubled batch (default)",
+        "ads-batched": "ADS, one proxy, doubled batch",
         "ads-inplace": "ADS, one proxy perturbed in place",
         "ads-copies": "ADS, two perturbed proxy copies",
         "adfp": "ADFP (one proxy forward + green list)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import subprocess
 import sys
 import time
@@ -258,3 +259,44 @@ def test_objective_benchmark_quick_smoke() -> None:
     assert coreopt_import[-1] == "no"
     assert "Device: CPU" in out
     assert "appended to" not in out
+
+
+@pytest.mark.slow
+def test_sampling_benchmark_quick_smoke_checks_its_numbers() -> None:
+    pytest.importorskip("transformers")
+    script = BENCH_DIR / "sampling.py"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--quick",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--batches",
+            "2",
+            "--new-tokens",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=BENCH_DIR.parent,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = _table_lines(proc.stdout)
+    header = _cells(lines[0])
+    rows = {r[1]: dict(zip(header, r, strict=True)) for r in map(_cells, lines[2:])}
+    ms = {name: float(r["ms/token (median)"]) for name, r in rows.items()}
+    assert all(math.isfinite(v) and v > 0 for v in ms.values()), ms
+    plain = ms["coreopt plain sampling"]
+    for name, r in rows.items():
+        cell = r["× plain (time)"].rstrip("×")
+        if cell not in ("ref", "—", ""):
+            # the ratio column is the row's time over plain sampling's, as printed
+            assert float(cell) == pytest.approx(ms[name] / plain, rel=0.02, abs=0.01), name
+    key = "peak added memory MiB"
+    mem = {n: float(r[key]) for n, r in rows.items() if r[key] not in ("", "—")}
+    # two perturbed copies hold two more proxies; the doubled batch holds none
+    assert mem["ADS, two perturbed proxy copies"] > mem["ADS, one proxy, doubled batch"]

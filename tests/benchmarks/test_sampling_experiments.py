@@ -70,14 +70,23 @@ def test_train_lm_lowers_the_completion_loss() -> None:
 
 
 @pytest.mark.slow
-def test_quick_harness_runs_end_to_end() -> None:
+def test_quick_harness_runs_end_to_end_and_its_numbers_move_the_right_way() -> None:
     torch.manual_seed(0)
     config = HarnessConfig.quick()
     setup = build_setup(config)
-    points = distillation_sweep(setup, config, lams=(0.0, 0.5), temperatures=(1.5,))
+    points = distillation_sweep(setup, config, lams=(0.0, 0.7), temperatures=(1.5,))
     assert [p.method for p in points] == ["ads", "ads", "temperature"]
     assert all(len(p.student_accuracies) == config.student_seeds for p in points)
     assert all(0 <= p.teacher_accuracy <= 1 for p in points)
-    fps = fingerprint_sweep(setup, config, adfp_lams=(8.0,), kgw_biases=(2.0,), hf_kgw_biases=())
+    plain, ads = points[0], points[1]
+    assert (plain.param, ads.param) == (0.0, 0.7)
+    # λ > 0 poisons the traces: the teacher's accuracy on them falls, and so do its students'.
+    # (The quick models are barely trained; these are directions, not the paper's effect sizes.)
+    assert ads.teacher_accuracy < plain.teacher_accuracy
+    mean = sum(ads.student_accuracies) / len(ads.student_accuracies)
+    assert mean <= sum(plain.student_accuracies) / len(plain.student_accuracies)
+    fps = fingerprint_sweep(setup, config, adfp_lams=(64.0,), kgw_biases=(2.0,), hf_kgw_biases=())
     assert [p.method for p in fps] == ["adfp", "kgw"]
     assert all(p.log10_p_text <= 0 for p in fps)
+    # Both marks are in the teacher's text (hundreds of scored tokens: p far below 1e-5).
+    assert all(p.log10_p_text < -5 for p in fps), [p.log10_p_text for p in fps]

@@ -81,9 +81,15 @@ def test_inplace_and_copies_give_the_same_delta() -> None:
     torch.testing.assert_close(c, a, rtol=1e-3, atol=1e-3)
 
 
-def test_auto_mode_picks_batched_and_falls_back_on_unsupported_modules() -> None:
+def test_auto_mode_by_free_memory_and_supported_modules(monkeypatch) -> None:
+    import coreopt.sampling.processors as procs
+
     proxy = tiny_llama(1)
     grad = downstream_gradient(proxy, random_traces(4), progress=False)
+    size = sum(p.numel() * p.element_size() for p in proxy.parameters())
+    monkeypatch.setattr(procs, "_free_memory_bytes", lambda device: 100 * size)
+    assert AntidistillationLogitsProcessor(proxy, grad, lam=0.1).proxy_mode == "copies"
+    monkeypatch.setattr(procs, "_free_memory_bytes", lambda device: 4 * size)  # copies don't fit
     assert AntidistillationLogitsProcessor(proxy, grad, lam=0.1).proxy_mode == "batched"
 
     class Scale(torch.nn.Module):  # a parameter used nonlinearly: not affine, not supported
@@ -97,7 +103,7 @@ def test_auto_mode_picks_batched_and_falls_back_on_unsupported_modules() -> None
     proxy.model.norm = torch.nn.Sequential(proxy.model.norm, Scale())
     grad = downstream_gradient(proxy, random_traces(4), progress=False)
     auto = AntidistillationLogitsProcessor(proxy, grad, lam=0.1)
-    assert auto.proxy_mode in ("copies", "inplace")
+    assert auto.proxy_mode == "inplace"
     with pytest.raises(TypeError, match="Scale"):
         AntidistillationLogitsProcessor(proxy, grad, lam=0.1, proxy_mode="batched")
     ids = torch.tensor([[1, 5, 6, 7]])
