@@ -270,13 +270,22 @@ class PaidLedger:
             else:  # the oracle rejects it (and raises): no value, nothing pending
                 self.checkpoint.abandon([mask])
 
-    def _start(self, coalition: frozenset[Hashable]) -> None:
+    @contextlib.contextmanager
+    def _paying(self, coalition: frozenset[Hashable]) -> Iterator[None]:
+        """Around one call: in flight (one call per coalition at a time: the coalition is the
+        token), and noted in the checkpoint file before it starts (abandoned if it raises)."""
+        self._active.add(coalition)
+        mask = self.players.mask(coalition)
         if self.checkpoint is not None:
-            self.checkpoint.start([self.players.mask(coalition)])
-
-    def _abandon(self, coalition: frozenset[Hashable]) -> None:
-        if self.checkpoint is not None:
-            self.checkpoint.abandon([self.players.mask(coalition)])
+            self.checkpoint.start([mask])
+        try:
+            yield
+        except BaseException:
+            if self.checkpoint is not None:
+                self.checkpoint.abandon([mask])
+            raise
+        finally:
+            self._active.discard(coalition)
 
     def _record_batch(self, masks: npt.NDArray[np.int64], raw: Any, fn: VectorizedValue) -> None:
         try:
@@ -310,15 +319,8 @@ class PaidLedger:
             async def async_value(coalition: frozenset[Hashable]) -> Any:
                 if stop.is_set():
                     raise asyncio.CancelledError("least_core was interrupted")
-                active.add(coalition)  # one call per coalition at a time: a fine token
-                self._start(coalition)
-                try:
+                with self._paying(coalition):
                     out = await value_fn(coalition)
-                except BaseException:
-                    self._abandon(coalition)
-                    raise
-                finally:
-                    active.discard(coalition)
                 record(coalition, out)
                 return out
 
@@ -331,15 +333,8 @@ class PaidLedger:
             def sync_value(coalition: frozenset[Hashable]) -> Any:
                 if stop.is_set():
                     raise _Stopped
-                active.add(coalition)
-                self._start(coalition)
-                try:
+                with self._paying(coalition):
                     out = value_fn(coalition)
-                except BaseException:
-                    self._abandon(coalition)
-                    raise
-                finally:
-                    active.discard(coalition)
                 record(coalition, out)
                 return out
 
