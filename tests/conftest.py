@@ -61,6 +61,19 @@ _TINY_HF: dict[str, tuple[str, str, dict[str, Any]]] = {
             "max_position_embeddings": 64,
         },
     ),
+    "gpt2": (  # Conv1D layers (weight stored (in, out)), tied head; head dim 16
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        {
+            "vocab_size": 97,
+            "n_positions": 32,
+            "n_embd": 64,
+            "n_layer": 2,
+            "n_head": 4,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+        },
+    ),
 }
 
 
@@ -68,8 +81,9 @@ _TINY_HF: dict[str, tuple[str, str, dict[str, Any]]] = {
 def tiny_hf_model() -> Callable[..., Any]:
     """Factory of tiny randomly initialised transformers models, built from a config (no download).
 
-    ``tiny_hf_model(arch, seed=0, **config)``: ``arch`` is ``"llama"`` (``LlamaForCausalLM``) or
-    ``"bert"`` (``BertModel``), both 2 layers of width 64 with 4 heads; keyword arguments override
+    ``tiny_hf_model(arch, seed=0, **config)``: ``arch`` is ``"llama"`` (``LlamaForCausalLM``),
+    ``"bert"`` (``BertModel``) or ``"gpt2"`` (``GPT2LMHeadModel``), all 2 layers of width 64 with
+    4 heads; keyword arguments override
     the config; the weights are drawn after ``torch.manual_seed(seed)``. The model is returned as
     built (float32, train mode). Skips the test without transformers.
     """

@@ -22,20 +22,6 @@ FAST: dict[str, Any] = {"steps": 3, "dual_steps": 3, "progress": False}
 IDS = torch.arange(3, 13).view(1, 10)
 
 
-def _gpt2() -> Any:
-    cfg = transformers.GPT2Config(
-        vocab_size=97,
-        n_positions=32,
-        n_embd=64,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    return transformers.GPT2LMHeadModel(cfg).eval()
-
-
 def _logits(model: Any) -> torch.Tensor:
     with torch.no_grad():
         out = model(input_ids=IDS)
@@ -77,7 +63,7 @@ def test_save_pretrained_from_pretrained_in_a_fresh_process(
     models = {
         "llama": tiny_hf_model("llama", tie_word_embeddings=True).eval(),
         "bert": tiny_hf_model("bert").eval(),
-        "gpt2": _gpt2(),
+        "gpt2": tiny_hf_model("gpt2").eval(),
     }
     expected = {}
     for name, model in models.items():
@@ -102,14 +88,20 @@ def test_save_pretrained_from_pretrained_in_a_fresh_process(
     torch.testing.assert_close(got["y"], expected["llama"][0], rtol=0, atol=0)
 
 
+def _saved_llama(tmp_path: Path, tiny_hf_model: Callable[..., Any]) -> Any:
+    """A tiny Llama quantized to 4 bits (RTN) and saved with save_pretrained in ``tmp_path``."""
+    model = tiny_hf_model("llama").eval()
+    coreopt.quantize(model, bits=4, group_size=32, method="rtn", progress=False)
+    model.save_pretrained(tmp_path)
+    return model
+
+
 def test_from_pretrained_refuses_a_checkpoint_missing_a_layer(
     tmp_path: Path, tiny_hf_model: Callable[..., Any]
 ) -> None:
     from safetensors.torch import load_file, save_file
 
-    model = tiny_hf_model("llama").eval()
-    coreopt.quantize(model, bits=4, group_size=32, method="rtn", progress=False)
-    model.save_pretrained(tmp_path)
+    _saved_llama(tmp_path, tiny_hf_model)
     (path,) = tmp_path.glob("*.safetensors")
     tensors = load_file(path)
     del tensors["model.layers.1.mlp.down_proj.qweight"]
@@ -121,9 +113,7 @@ def test_from_pretrained_refuses_a_checkpoint_missing_a_layer(
 def test_from_pretrained_refuses_a_layer_of_another_shape(
     tmp_path: Path, tiny_hf_model: Callable[..., Any]
 ) -> None:
-    model = tiny_hf_model("llama").eval()
-    coreopt.quantize(model, bits=4, group_size=32, method="rtn", progress=False)
-    model.save_pretrained(tmp_path)
+    _saved_llama(tmp_path, tiny_hf_model)
     cfg_path = tmp_path / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["quantization_config"]["layers"]["model.layers.0.mlp.up_proj"]["out_features"] = 256
@@ -135,9 +125,7 @@ def test_from_pretrained_refuses_a_layer_of_another_shape(
 def test_loaded_model_casts_and_moves_consistently(
     tmp_path: Path, tiny_hf_model: Callable[..., Any]
 ) -> None:
-    model = tiny_hf_model("llama").eval()
-    coreopt.quantize(model, bits=4, group_size=32, method="rtn", progress=False)
-    model.save_pretrained(tmp_path)
+    _saved_llama(tmp_path, tiny_hf_model)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
     layer = loaded.model.layers[0].mlp.up_proj
     assert isinstance(layer, QuantizedLinear)

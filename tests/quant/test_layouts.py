@@ -4,6 +4,7 @@ layers, quantized and run against the float model."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +27,6 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def _gpt2(seed: int = 0) -> Any:
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPT2Config(
-        vocab_size=97,
-        n_positions=32,
-        n_embd=64,
-        n_layer=2,
-        n_head=4,
-        n_inner=128,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(seed)
-    return transformers.GPT2LMHeadModel(cfg).eval()
-
-
 def test_conv1d_as_linear_is_exact() -> None:
     transformers = pytest.importorskip("transformers")
     conv = transformers.pytorch_utils.Conv1D(48, 64)  # nf=48 outputs, nx=64 inputs
@@ -51,8 +36,10 @@ def test_conv1d_as_linear_is_exact() -> None:
     torch.testing.assert_close(conv1d_as_linear(conv)(x), conv(x))
 
 
-def test_gpt2_conv1d_layers_are_quantized_like_linear(tmp_path: Path) -> None:
-    model = _gpt2()
+def test_gpt2_conv1d_layers_are_quantized_like_linear(
+    tmp_path: Path, tiny_hf_model: Callable[..., Any]
+) -> None:
+    model = tiny_hf_model("gpt2").eval()
     ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(input_ids=ids).logits
@@ -74,13 +61,13 @@ def test_gpt2_conv1d_layers_are_quantized_like_linear(tmp_path: Path) -> None:
     # the float model at 4 bits: still the same function up to 4-bit noise, through the kernel
     path = tmp_path / "gpt2.safetensors"
     save_quantized(model, path)
-    fresh = load_quantized(_gpt2(seed=1), path)
+    fresh = load_quantized(tiny_hf_model("gpt2", seed=1).eval(), path)
     with torch.no_grad():
         torch.testing.assert_close(fresh(input_ids=ids).logits, out, rtol=0, atol=0)
 
 
-def test_gpt2_skipped_conv1d_keeps_its_layout() -> None:
-    model = _gpt2()
+def test_gpt2_skipped_conv1d_keeps_its_layout(tiny_hf_model: Callable[..., Any]) -> None:
+    model = tiny_hf_model("gpt2").eval()
     coreopt.quantize(
         model, bits=4, group_size=32, method="rtn", skip=("*.mlp.c_proj",), progress=False
     )
