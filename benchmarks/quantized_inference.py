@@ -232,9 +232,11 @@ def export(args: Any, table: BenchTable) -> None:
             return math.exp(float(model(input_ids=ids, labels=ids).loss))
 
     float_ppl = ppl(backend.hf_model.float().eval())
-    recipes: list[tuple[str, dict[str, Any]]] = [("rtn 4/64", {"bits": 4, "method": "rtn"})]
-    if not args.quick:
-        recipes.append(("cafeq 3/64, transform=identity", {"bits": 3, "transform": "identity"}))
+    known: dict[str, tuple[str, dict[str, Any]]] = {
+        "rtn": ("rtn 4/64", {"bits": 4, "method": "rtn"}),
+        "cafeq": ("cafeq 3/64, transform=identity", {"bits": 3, "transform": "identity"}),
+    }
+    recipes = [known[k] for k in args.export_methods.split(",")]
     for label, kw in recipes:
         model = embedded(device="cpu").hf_model.float().eval()
         t0 = time.perf_counter()
@@ -270,6 +272,7 @@ def main() -> None:
     parser.add_argument(
         "--with-reference", action="store_true", help="also time the dequantize-per-call path"
     )
+    parser.add_argument("--export-methods", default="rtn,cafeq", help="--models export: rtn,cafeq")
     args = parse_args(parser)
     if args.device.type != "cpu":
         parser.error("this benchmark measures the CPU runtime; use --device cpu")
