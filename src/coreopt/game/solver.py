@@ -516,11 +516,13 @@ def _approximate(
             )
     total = time.perf_counter() - t0
     logger.info(
-        "least_core: %s after %d calls, eps in [%.6g, %.6g]",
+        "least_core: %s after %d calls: e* >= %.6g (certified); the payoff needs >= %.6g over the "
+        "evaluated coalitions%s",
         status.value,
         oracle.calls,
-        sol.epsilon,
-        upper,
+        sol.epsilon * unit,
+        upper * unit,
+        "" if certified else " (unseen ones may need more)",
     )
     return build_result(
         players,
