@@ -126,3 +126,41 @@ def test_approximate_mode_above_20_players_is_audited_over_every_coalition() -> 
     # measured 3e-10 relative on this game (the equal split needs 38% more than e*)
     assert truth <= e_star + 0.05 * abs(e_star)
     assert abs(res.x.sum() - table[-1]) <= 1e-9 * table.max()
+
+
+@pytest.mark.parametrize("convention", ["nonnegative", "imputation", "normalize"])
+def test_conventions_are_scale_invariant(convention: str) -> None:
+    game = games.pairwise(7, seed=2)  # imputations exist: sum of v({i}) <= v(N)
+    table = game.table() + (3.0 if convention == "normalize" else 0.0)  # v(∅) = 3 offset
+    base = exact_least_core(table, tie_break="nucleolus", **{convention: True})
+    for c in (1e-12, 1e-9, 1e9, 1e12):
+        for mode, budget in (("exact", None), ("approximate", 80)):
+            res = coreopt.least_core(
+                lambda s, c=c: c * float(table[game.players.mask(s)]),
+                7,
+                budget=budget,
+                mode=mode,
+                tie_break="nucleolus",
+                progress=False,
+                **{convention: True},
+            )
+            if mode == "exact":
+                assert res.epsilon / c == pytest.approx(base.epsilon, rel=1e-9, abs=1e-12)
+                np.testing.assert_allclose(res.x / c, base.x, atol=1e-7 * np.abs(base.x).max())
+            else:  # a certified lower bound at every scale
+                assert res.epsilon / c <= base.epsilon + 1e-9 * np.abs(table).max()
+            if convention == "nonnegative":
+                assert res.x.min() >= -1e-9 * c * np.abs(table).max()
+            if convention == "imputation":
+                singles = np.array([table[1 << i] for i in range(7)])
+                assert np.all(res.x / c >= singles - 1e-9 * np.abs(table).max())
+
+
+def test_infeasible_message_is_in_the_games_terms() -> None:
+    # the solver works in units of max |v|: its numbers must not leak into messages
+    from coreopt.game import InfeasibleGameError
+
+    table = games.coverage(7, seed=2).table()  # sum of v({i}) = 1.54 v(N)
+    for c in (1e-9, 1.0, 1e9):
+        with pytest.raises(InfeasibleGameError, match=r"1\.53694 times v\(N\)"):
+            exact_least_core(c * table, imputation=True)

@@ -249,10 +249,16 @@ class LeastCoreLP:
         if status != highspy.HighsModelStatus.kOptimal:
             text = self._h.modelStatusToString(status)
             if status in (highspy.HighsModelStatus.kInfeasible,):
+                # (no raw numbers: the solver sees the game in units of its largest |v|)
+                ratio = (
+                    f" ({self.x_lower.sum() / self.grand_value:.6g} times v(N))"
+                    if self.grand_value > 0
+                    else ""
+                )
                 raise InfeasibleGameError(
-                    "the least-core LP is infeasible: the payment lower bounds "
-                    f"(sum {self.x_lower.sum():.6g}) exceed v(N) = {self.grand_value:.6g}; "
-                    "drop nonnegative/imputation or check v(N)"
+                    "the least-core LP is infeasible: the payment lower bounds (nonnegative/"
+                    f"imputation) sum to more than v(N){ratio}; drop nonnegative/imputation "
+                    "or check v(N)"
                 )
             raise RuntimeError(f"HiGHS did not solve the least-core LP: {text}")
         sol = self._h.getSolution()
