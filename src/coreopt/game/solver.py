@@ -466,7 +466,9 @@ def _approximate(
                     rnd, oracle.calls, sol.epsilon, lp.num_rows, violated, time.perf_counter() - t0
                 )
             )
-            bar.set_postfix(round=rnd, eps=f"{sol.epsilon * unit:.5g}", violated=violated, refresh=False)
+            bar.set_postfix(
+                round=rnd, eps=f"{sol.epsilon * unit:.5g}", violated=violated, refresh=False
+            )
             clean = clean + 1 if violated == 0 and checked_all else 0
             if clean >= cfg.clean_rounds:
                 status = Status.ESTIMATED  # a sampling-based rule: certified only below
