@@ -199,3 +199,22 @@ def test_pair_proxy_from_gram_matrices_matches_the_direct_product(kind: str) -> 
         expected = expected + (E**2).sum()
     prob = PairProblem(kind, R, P, h, kv, d, m)
     torch.testing.assert_close(prob.loss(Rh, Ph), expected)
+
+
+def test_hidden_moments_reused_after_the_gated_fold_equal_a_recomputation(
+    tiny_hf_model: Callable[..., Any],
+) -> None:
+    # quantize computes the MLP hidden moments once, before the gated scaling is folded, and
+    # rescales them (Σ' = diag(s) Σ diag(s)); a recomputation on the folded model must agree
+    from coreopt.quant import QuantizeConfig
+    from coreopt.quant.quantize import _fold_all, structure_moments
+
+    model = tiny_hf_model("llama")
+    st = discover(model)
+    names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    duals, hidden = _fold_all(model, st, QuantizeConfig(bits=3, group_size=32), names, None)
+    assert "gated" in duals.values()
+    fresh = structure_moments(model, st)
+    for down, h in hidden.items():
+        torch.testing.assert_close(h.diag, fresh[down].diag, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(h.low_rank, fresh[down].low_rank, rtol=1e-4, atol=1e-6)

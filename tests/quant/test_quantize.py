@@ -526,9 +526,8 @@ def test_tensor_subclass_weights_get_a_clear_error() -> None:
 )
 def test_minilm_budget_beats_rtn_at_equal_bytes() -> None:
     # MiniLM (a true float model) at 3.5 stored bits per weight: the byte budget against RTN 3/64
-    # (3.5 bits per weight too) on the embedding cosine of 16 sentences. Measured (unbroken):
-    # budget 0.92, RTN 0.86; the threshold (RTN + 0.03) is missed when GPTQ never runs or the
-    # priors are ignored (see docs/quant.md).
+    # (3.5 bits per weight too) on the embedding cosine of 16 sentences. On the benchmark's 128
+    # sentences per text: budget 0.909, RTN 0.860 (benchmarks/RESULTS.md).
     from transformers import AutoModel, AutoTokenizer
 
     from coreopt.credit.embed import minilm_path

@@ -353,11 +353,18 @@ def estimate_loss(
     m: InputMoments | None,
     fmt: QuantFormat,
     cfg: QuantizeConfig,
+    max_rows: int = 256,
 ) -> float:
     """A quick estimate of the relative proxy of ``W`` stored in ``fmt`` with the block transform
     ``T`` (or none), used to price the options of the byte budget: round-to-nearest of ``W T⁻¹``
     with each group's range searched against the diagonal of ``H = T Σ Tᵀ`` (``method="rtn"``:
-    plain min-max). GPTQ, run afterwards on the chosen option, only lowers it."""
+    plain min-max). GPTQ, run afterwards on the chosen option, only lowers it.
+
+    Rows are independent in the proxy (``Σ`` acts on the inputs), so at most ``max_rows`` evenly
+    spaced rows are used: a ratio estimate of the relative proxy, a few percent off at 256 rows,
+    and 6x cheaper on a 1536-row layer."""
+    if W.shape[0] > max_rows:
+        W = W[torch.linspace(0, W.shape[0] - 1, max_rows, device=W.device).round().long()]
     n = W.shape[1]
     g = fmt.group_size
     d = torch.ones(n, device=W.device)

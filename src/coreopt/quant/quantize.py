@@ -316,10 +316,20 @@ def _moments_on(m: InputMoments | None, device: torch.device) -> InputMoments | 
     return None if m is None else m.to(device)
 
 
-def structure_moments(model: nn.Module, st: ModelStructure) -> dict[str, InputMoments]:
-    """Data-free input second moments of every linear layer the structure explains."""
+def structure_moments(
+    model: nn.Module,
+    st: ModelStructure,
+    hidden: dict[str, InputMoments] | None = None,
+    only: set[str] | None = None,
+) -> dict[str, InputMoments]:
+    """Data-free input second moments of every linear layer the structure explains.
+
+    ``hidden``: MLP hidden moments already computed (``{down projection: moments}``), reused;
+    ``only``: compute the MLP hidden moments of these down projections only (the quadrature is
+    the expensive part)."""
     mods = dict(model.named_modules())
     out: dict[str, InputMoments] = {}
+    hidden = hidden or {}
     for a in st.attention:
         x = norm_moments(mods[a.norm]) if a.norm else InputMoments(source="identity")
         for n in (a.q, a.k, a.v):
@@ -338,6 +348,11 @@ def structure_moments(model: nn.Module, st: ModelStructure) -> dict[str, InputMo
         for fed in (mlp.up, mlp.gate):
             if fed:
                 out[fed] = x
+        if mlp.down in hidden:
+            out[mlp.down] = hidden[mlp.down]
+            continue
+        if only is not None and mlp.down not in only:
+            continue
         up = mods[mlp.up]
         gate = mods[mlp.gate] if mlp.gate else None
         xin = x if not x.is_identity else InputMoments(torch.ones(up.in_features))
@@ -429,19 +444,20 @@ def _fold_mlp(
     cfg: QuantizeConfig,
     hidden: InputMoments | None,
     device: torch.device | None,
-) -> dict[str, str]:
+) -> tuple[dict[str, str], torch.Tensor | None]:
+    """Learn and fold the gated-MLP scaling of one site; returns the notes and the scaling."""
     mods = dict(model.named_modules())
     up, down = mods[site.up], mods[site.down]
     fmt = cfg.format
     if site.gate is None or down.in_features % fmt.group_size:
-        return {}
+        return {}, None
     dev = device or down.weight.device
     h = None if hidden is None else hidden.normalized().to(dev)
     s, loss, init = learn_gated_scaling(
         down.weight.detach().float().to(dev), h, fmt, steps=cfg.dual_steps
     )
     if not loss < init:
-        return {}
+        return {}, None
     with torch.no_grad():
         Wu, bu, Wd = fold_gated(
             up.weight.detach().to(dev),
@@ -453,7 +469,7 @@ def _fold_mlp(
         down.weight.copy_(Wd)
         if up.bias is not None and bu is not None:
             up.bias.copy_(bu)
-    return {site.up: "gated", site.down: "gated"}
+    return {site.up: "gated", site.down: "gated"}, s
 
 
 def _weight(model: nn.Module, name: str) -> torch.Tensor:
@@ -483,7 +499,10 @@ def _fold_all(
     cfg: QuantizeConfig,
     target_set: set[str],
     device: torch.device | None,
-) -> dict[str, str]:
+) -> tuple[dict[str, str], dict[str, InputMoments]]:
+    """Fold every dual transform of the targeted sites. Returns the notes and the MLP hidden
+    moments it computed, updated for the gated scalings folded (``Σ' = diag(s) Σ diag(s)``), so
+    that they need not be computed again."""
     modules = dict(model.named_modules())
     duals: dict[str, str] = {}
     att = [a for a in st.attention if {a.q, a.k, a.v, a.o} <= target_set]
@@ -496,15 +515,25 @@ def _fold_all(
 
     for notes in parallel_map(fold_att, att, max_workers=_workers(cfg), progress=False):
         duals.update(notes)
-    hidden = structure_moments(model, st) if mlps else {}
+    downs = {m.down for m in mlps}
+    raw = structure_moments(model, st, only=downs) if mlps else {}
+    hidden = {k: v for k, v in raw.items() if k in downs}
 
-    def fold_m(m: MlpSite) -> dict[str, str]:
+    def fold_m(m: MlpSite) -> tuple[MlpSite, dict[str, str], torch.Tensor | None]:
         h = layer_prior(modules[m.down].weight.detach(), hidden.get(m.down), cfg.prior)
-        return _fold_mlp(model, m, cfg, h, device)
+        return (m, *_fold_mlp(model, m, cfg, h, device))
 
-    for notes in parallel_map(fold_m, mlps, max_workers=_workers(cfg), progress=False):
+    for m, notes, scaling in parallel_map(fold_m, mlps, max_workers=_workers(cfg), progress=False):
         duals.update(notes)
-    return duals
+        h = hidden.get(m.down)
+        if scaling is not None and h is not None:
+            sc = scaling.to(h.diag.device if h.diag is not None else scaling.device).float()
+            hidden[m.down] = InputMoments(
+                None if h.diag is None else h.diag * sc**2,
+                None if h.low_rank is None else h.low_rank * sc.unsqueeze(1),
+                h.source,
+            )
+    return duals, hidden
 
 
 def fold_dual_transforms(
@@ -527,7 +556,7 @@ def fold_dual_transforms(
     _validate(model, names)
     device = None if cfg.device is None else resolve_device(cfg.device)
     _init_linalg(model, names, device)
-    return _fold_all(model, discover(model), cfg, set(names), device)
+    return _fold_all(model, discover(model), cfg, set(names), device)[0]
 
 
 def quantize(
@@ -645,9 +674,14 @@ def quantize(
     structured = cfg.method == "cafeq" and (cfg.dual or cfg.alternating or "structure" in cfg.prior)
     st = discover(model) if structured else ModelStructure()
     duals: dict[str, str] = {}
+    hidden: dict[str, InputMoments] = {}
     if cfg.method == "cafeq" and cfg.dual:
-        duals = _fold_all(model, st, cfg, target_set, device)
-    moments_ = structure_moments(model, st) if (structured and "structure" in cfg.prior) else {}
+        duals, hidden = _fold_all(model, st, cfg, target_set, device)
+    moments_ = (
+        structure_moments(model, st, hidden, only=target_set)
+        if (structured and "structure" in cfg.prior)
+        else {}
+    )
     moments_.update(moments or {})
 
     def matrix_task(i: int, n: str) -> MatrixTask:
@@ -846,12 +880,16 @@ def _budget_plan(
             out, n = W.shape
             fmt = QuantFormat(o.bits, o.group_size, cfg.scale_dtype)
             m = layer_prior(W, t.moments, cfg.prior)
+            rows = torch.linspace(0, out - 1, min(out, 512), device=W.device).round().long()
             res = []
             for k in cfg.block_options:
                 extra = stored_bits(out, n, o.bits, o.group_size, k, meta) - o.cost
                 if n % k or o.loss <= price * extra:
                     continue  # even a perfect transform could not pay for its blocks
-                T, _ = cafeq_transform(W, m, fmt, dataclasses.replace(cfg, block_size=k), t.seed)
+                # learned on at most 512 evenly spaced rows (rows are samples of the proxy)
+                T, _ = cafeq_transform(
+                    W[rows], m, fmt, dataclasses.replace(cfg, block_size=k), t.seed
+                )
                 loss = estimate_loss(W, T, m, fmt, cfg)
                 cost = stored_bits(out, n, o.bits, o.group_size, k, meta)
                 res.append((Option(o.bits, o.group_size, k, loss, cost), T))
