@@ -321,7 +321,7 @@ class PaidLedger:
                     raise asyncio.CancelledError("least_core was interrupted")
                 with self._paying(coalition):
                     out = await value_fn(coalition)
-                record(coalition, out)
+                    record(coalition, out)  # still in flight: a signal waits for the write
                 return out
 
             return async_value
@@ -335,7 +335,7 @@ class PaidLedger:
                     raise _Stopped
                 with self._paying(coalition):
                     out = value_fn(coalition)
-                record(coalition, out)
+                    record(coalition, out)  # still in flight: a signal waits for the write
                 return out
 
             return sync_value
@@ -412,13 +412,13 @@ class _LedgerVector(VectorizedValue):
             ck.start([int(m) for m in masks])
         try:
             raw = self.inner.evaluate(masks, n)
+            self.ledger._record_batch(masks, raw, self.inner)  # in flight until written
         except BaseException:
             if ck is not None:
                 ck.abandon([int(m) for m in masks])
             raise
         finally:
             self.ledger._active.discard(token)
-        self.ledger._record_batch(masks, raw, self.inner)
         return raw
 
 
