@@ -77,8 +77,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def llama_server(
     venv: Path, gguf: Path, log: Path, threads: int, extra: tuple[str, ...] = ()
-) -> Iterator[str]:
-    """llama-cpp-python's server on 127.0.0.1; yields its ``/v1`` base URL."""
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """llama-cpp-python's server on 127.0.0.1; yields its ``/v1`` base URL and process."""
     port = free_port()
     cmd = [
         str(venv_python(venv)),
@@ -115,7 +115,7 @@ def llama_server(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the server did not answer in 180 s; see {log}")
                 time.sleep(0.5)
-            yield url
+            yield url, proc
         finally:
             proc.terminate()
             try:
@@ -125,8 +125,9 @@ def llama_server(
                 proc.wait()
 
 
-def credit(args: list[str], env: dict[str, str], cache: Path) -> dict[str, Any]:
-    """``coreopt credit EXAMPLE --json`` in a fresh process: report, stderr, exit code, time."""
+def credit(args: list[str], env: dict[str, str], cache: Path, server: Any = None) -> dict[str, Any]:
+    """``coreopt credit EXAMPLE --json`` in a fresh process: report, stderr, exit code, time
+    (and whether the ``server`` process died meanwhile)."""
     cmd = [sys.executable, "-m", "coreopt.cli", "credit", str(EXAMPLE), "--json", "--no-progress"]
     cmd += ["--cache", str(cache), *args]
     t0 = time.perf_counter()
@@ -138,6 +139,8 @@ def credit(args: list[str], env: dict[str, str], cache: Path) -> dict[str, Any]:
     error = next(
         (ln for ln in out.stderr.splitlines() if ln.startswith("coreopt credit: error:")), ""
     )
+    if server is not None and server.poll() is not None:
+        error = f"[the server process died, exit code {server.returncode}] {error}"
     return {"report": report, "error": error, "rc": out.returncode, "seconds": seconds}
 
 
@@ -210,18 +213,16 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("COREOPT_LLM_")}
         runs["embedded"] = credit(["--llm", "embedded"], env, folder / "embedded.sqlite")
-        with llama_server(args.venv, gguf, folder / "server.log", args.threads) as url:
-            served = {**env, "COREOPT_LLM_BASE_URL": url, "OPENAI_API_KEY": "none"}
-            common = ["--llm", f"openai:{ALIAS}", "--timeout", str(args.timeout)]
-            runs["server, guarded"] = credit(common, served, folder / "guarded.sqlite")
-            runs["server, --no-verify"] = credit(
-                [*common, "--no-verify"], served, folder / "unverified.sqlite"
-            )
+        common = ["--llm", f"openai:{ALIAS}", "--timeout", str(args.timeout)]
+        for name, extra in (("server, guarded", []), ("server, --no-verify", ["--no-verify"])):
+            with llama_server(args.venv, gguf, folder / "server.log", args.threads) as (url, p):
+                served = {**env, "COREOPT_LLM_BASE_URL": url, "OPENAI_API_KEY": "none"}
+                runs[name] = credit([*common, *extra], served, folder / f"{len(runs)}.sqlite", p)
         bos = ("--kv_overrides", "tokenizer.ggml.add_bos_token=bool:true")
         try:
-            with llama_server(args.venv, gguf, folder / "bos.log", args.threads, bos) as url:
+            with llama_server(args.venv, gguf, folder / "bos.log", args.threads, bos) as (url, p):
                 served = {**env, "COREOPT_LLM_BASE_URL": url, "OPENAI_API_KEY": "none"}
-                runs["server + BOS, guarded"] = credit(common, served, folder / "bos.sqlite")
+                runs["server + BOS, guarded"] = credit(common, served, folder / "bos.sqlite", p)
         except RuntimeError as exc:
             tail = (folder / "bos.log").read_text(errors="replace")[-300:]
             runs["server + BOS, guarded"] = {

@@ -262,3 +262,11 @@ def test_slow_single_slot_server_gets_no_more_requests_than_it_answers_in_time()
     assert server.requests == 20  # nothing abandoned and sent again
     assert server.max_in_flight * 0.15 < 1.0  # the queue at the server stays within the timeout
     assert llm.limiter.peak <= 6
+
+
+def test_a_dead_server_is_named_as_such() -> None:
+    with serve(FakeServer()) as server:
+        url = server.url
+    llm = LLM(OpenAIBackend("fake", base_url=url, api_key="k"), cache=False, retries=1)
+    with pytest.raises(LLMError, match=r"after 2 HTTP request\(s\).*is it running\?"):
+        llm.generate("hi")

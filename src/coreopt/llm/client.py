@@ -521,9 +521,12 @@ class LLM:
                     what = "HTTP request(s)" if hasattr(self.backend, "server") else "attempt(s)"
                     if getattr(self.backend, "sdk_retries", False):
                         what += " (plus the SDK's own retries, not counted)"
+                    hint = ""
+                    if "Connection" in type(exc).__name__ and hasattr(self.backend, "server"):
+                        hint = " (the server refused or dropped the connection: is it running?)"
                     raise LLMError(
                         f"{self.describe()} failed after {attempt + 1} {what}: "
-                        f"{type(exc).__name__}: {exc}"
+                        f"{type(exc).__name__}: {exc}{hint}"
                     ) from exc
                 self.limiter.answered(time.monotonic() - started, timeout)
                 self.ledger.settle(reserve, out.total_tokens)
