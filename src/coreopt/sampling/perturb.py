@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -130,6 +130,40 @@ def _is_norm(module: torch.nn.Module) -> bool:
     )
 
 
+def _affine_direction(
+    module: torch.nn.Module,
+    own: dict[str, torch.Tensor],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """``y(g) − y(0)`` of a module affine in its parameters ``own`` (two calls of it)."""
+    zeros = {k: torch.zeros_like(v) for k, v in own.items()}
+    at_g = torch.func.functional_call(module, own, args, kwargs)
+    at_0 = torch.func.functional_call(module, zeros, args, kwargs)
+    out: torch.Tensor = at_g - at_0
+    return out
+
+
+def _fast_norm_kind(module: torch.nn.Module, own: dict[str, torch.Tensor]) -> str:
+    """``"layernorm"`` or ``"rms"`` when a closed form of ``y(g) − y(0)`` matches the module's
+    own two-call form on a random probe (checked once), else ``"affine"`` (the two calls)."""
+    if isinstance(module, torch.nn.LayerNorm):
+        kind = "layernorm"
+    elif hasattr(module, "variance_epsilon") and set(own) == {"weight"}:
+        kind = "rms"
+    else:
+        return "affine"
+    w = next(iter(own.values()))
+    if w.ndim != 1:
+        return "affine"
+    probe = torch.randn(2, 3, w.shape[0], dtype=w.dtype, device=w.device)
+    with torch.no_grad():
+        want = _affine_direction(module, own, (probe,), {})
+        got = SignedBatchPerturbation._direction(module, kind, own, (probe,), {})
+    scale = float(want.abs().max()) or 1.0
+    return kind if float((got - want).abs().max()) <= 1e-4 * scale else "affine"
+
+
 class SignedBatchPerturbation:
     """Run a model once on a doubled batch: rows ``[:B]`` at ``θ + εg``, ``[B:]`` at ``θ − εg``.
 
@@ -172,7 +206,7 @@ class SignedBatchPerturbation:
             elif _is_hf_conv1d(module):
                 kind = "conv1d"
             elif _is_norm(module):
-                kind = "affine"
+                kind = _fast_norm_kind(module, own)
             else:
                 raise UnsupportedModuleError(
                     f"module {mod_name or '(root)'} ({type(module).__name__}) owns perturbed "
@@ -204,10 +238,19 @@ class SignedBatchPerturbation:
                 out = b.expand(*x.shape[:-1], -1) if out is None else out + b
             assert out is not None
             return out
-        zeros = {k: torch.zeros_like(v) for k, v in own.items()}
-        at_g = torch.func.functional_call(module, own, args, kwargs)
-        at_0 = torch.func.functional_call(module, zeros, args, kwargs)
-        return at_g - at_0
+        if kind == "layernorm":
+            ln = cast(torch.nn.LayerNorm, module)
+            w = own.get("weight")
+            b = own.get("bias")
+            shape = ln.normalized_shape
+            w = w if w is not None else x.new_zeros(shape)
+            return torch.nn.functional.layer_norm(x, shape, w, b, ln.eps)
+        if kind == "rms":  # weight * normalise(x) (HF Llama/Mistral/Qwen/T5 style)
+            xf = x.to(torch.promote_types(x.dtype, torch.float32))
+            eps = float(getattr(module, "variance_epsilon", 1e-6))
+            n = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+            return own["weight"] * n.to(x.dtype)
+        return _affine_direction(module, own, args, kwargs)
 
     def run(self, signs: torch.Tensor, fn: Callable[[], T]) -> T:
         """``fn()`` with each batch row ``i`` of every perturbed module's output at
@@ -240,7 +283,7 @@ class SignedBatchPerturbation:
                 finally:
                     busy.discard(id(module))
                 s = signs.to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
-                return out + s * d.to(out.dtype)
+                return torch.addcmul(out, s, d.to(out.dtype))
 
             return hook
 
