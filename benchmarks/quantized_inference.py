@@ -9,8 +9,10 @@ shared, so read the ratios):
   activations, output cast back to ``float32`` (the reference row);
 * **coreopt 3/64 + transform**: ``method="hadamard"`` at 3 bits: the same kernel plus the runtime
   block input transform (one batched matmul per layer; a learned transform costs the same);
-* **coreopt, dense bf16 runtime**: ``set_runtime(model, "dense", torch.bfloat16)`` (the
-  dequantized weight cached in ``bfloat16``);
+* **coreopt + bf16 embeddings/head**: the same, then ``compress_embeddings(model)`` (the
+  embedding table and the tied head stored in ``bfloat16``);
+* **coreopt, dense bf16 runtime** (MiniLM only): ``set_runtime(model, "dense", torch.bfloat16)``
+  (the dequantized weight cached in ``bfloat16``);
 * **coreopt, reference runtime** (``--with-reference``): dequantize the weight on every call
   (what ``QuantizedLinear`` did before the packed kernels);
 * anchors: the **float32** model, the model cast to **bfloat16**, and **torchao**'s CPU
@@ -60,7 +62,7 @@ from _harness import BenchTable, Column, bench_parser, parse_args, report, time_
 from torch import nn
 
 import coreopt
-from coreopt.quant import model_bytes, runtime_report, set_runtime
+from coreopt.quant import compress_embeddings, model_bytes, runtime_report, set_runtime
 
 Variant = tuple[str, nn.Module, str]  # (name, model, note)
 
@@ -95,7 +97,7 @@ def _torchao_variants(model: nn.Module, names: tuple[str, ...]) -> list[Variant]
 
 
 def variants(
-    load: Callable[[], nn.Module], with_reference: bool
+    load: Callable[[], nn.Module], with_reference: bool, with_dense: bool = True
 ) -> tuple[list[Variant], nn.Module]:
     base = load()
     out: list[Variant] = []
@@ -107,9 +109,13 @@ def variants(
         copy.deepcopy(base), bits=3, group_size=64, method="hadamard", progress=False
     )
     out.append(("coreopt 3/64 + transform (auto runtime)", q3, "runtime block transform"))
-    qd = copy.deepcopy(q4)
-    set_runtime(qd, "dense", torch.bfloat16)
-    out.append(("coreopt 4/64, dense bf16 runtime", qd, "cached dequantized weight"))
+    qe = copy.deepcopy(q4)
+    compress_embeddings(qe, torch.bfloat16)
+    out.append(("coreopt 4/64 + bf16 embeddings/head", qe, "compress_embeddings"))
+    if with_dense:
+        qd = copy.deepcopy(q4)
+        set_runtime(qd, "dense", torch.bfloat16)
+        out.append(("coreopt 4/64, dense bf16 runtime", qd, "cached dequantized weight"))
     if with_reference:
         qr = copy.deepcopy(q4)
         set_runtime(qr, "reference")
@@ -152,7 +158,7 @@ def smollm2(args: Any, table: BenchTable) -> None:
     def load() -> nn.Module:
         return embedded(device="cpu").hf_model.float().eval()
 
-    vs, _ = variants(load, args.with_reference)
+    vs, _ = variants(load, args.with_reference, with_dense=False)
     n_new = 4 if args.quick else args.tokens
     prompt = torch.arange(100, 116).view(1, 16)
 
