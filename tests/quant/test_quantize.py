@@ -572,3 +572,14 @@ def test_minilm_budget_beats_rtn_at_equal_bytes() -> None:
         bpw[name] = model.quantization_report.bits_per_weight
     assert bpw["budget"] <= bpw["rtn"] == pytest.approx(3.5)
     assert cos["budget"] > cos["rtn"] + 0.03, cos
+
+
+def test_budget_model_with_mixed_formats_round_trips(tmp_path: Path) -> None:
+    net = coreopt.quantize(mlp(), bits_per_weight=3.5, **FAST)
+    formats = [(r.bits, r.group_size) for r in net.quantization_report.layers]
+    assert len(set(formats)) > 1
+    save_quantized(net, tmp_path / "q.safetensors")
+    fresh = load_quantized(mlp(seed=1), tmp_path / "q.safetensors")
+    assert [(fresh[i].bits, fresh[i].group_size) for i in (0, 2, 4)] == formats
+    x = torch.randn(5, 128)
+    torch.testing.assert_close(fresh(x), net(x), rtol=0, atol=0)
