@@ -254,7 +254,7 @@ def export(args: Any, table: BenchTable) -> None:
             t0 = time.perf_counter()
             out = export_gguf(model, f"{tmp}/model.gguf", tokenizer_from=embedded_gguf())
             e_s = time.perf_counter() - t0
-            back = AutoModelForCausalLM.from_pretrained(tmp, gguf_file="model.gguf").float().eval()
+            back = AutoModelForCausalLM.from_pretrained(tmp, gguf_file="model.gguf").eval()
             after = ppl(back)
         table.add(
             f"SmolLM2 {label}",
