@@ -2,19 +2,21 @@
 
 Players are labelled by any distinct hashables; internally player ``i`` (in the given order) is bit
 ``i`` of an integer mask, so coalition ``{0, 2}`` is mask ``0b101 = 5``. Masks of up to 62 players
-fit in ``numpy.int64`` for vectorised work; larger games use Python ints (constraint generation
-never enumerates them).
+fit in ``numpy.int64`` for vectorised work (the fast path); larger games keep Python ints (of any
+size) in ``object`` arrays, and :func:`incidence` unpacks them through their bytes, so any number
+of players works wherever the ``2**n`` coalitions are not enumerated (approximate mode).
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 MAX_VECTOR_PLAYERS = 62
-"""Largest n whose masks fit in int64 (sign bit and one spare bit kept free)."""
+"""Largest n whose masks fit in int64 (sign bit and one spare bit kept free): the fast path."""
 
 
 class Players:
@@ -103,9 +105,18 @@ class Players:
 
     def coalition(self, mask: int) -> frozenset[Hashable]:
         """The coalition (a frozenset of labels) of a bitmask."""
-        mask = int(mask)
-        if mask >> self.n:
+        if type(mask) is not int:
+            mask = int(mask)
+        if mask >> self.n or mask < 0:
             raise ValueError(f"mask {mask} has bits beyond the {self.n} players")
+        t = self._byte_labels
+        # unrolled for up to 24 players (exact mode's hot path: one call per coalition)
+        if len(t) == 1:
+            return frozenset(t[0][mask])
+        if len(t) == 2:
+            return frozenset(t[0][mask & 255] + t[1][mask >> 8])
+        if len(t) == 3:
+            return frozenset(t[0][mask & 255] + t[1][(mask >> 8) & 255] + t[2][mask >> 16])
         out: list[Hashable] = []
         for table in self._byte_labels:
             if not mask:
@@ -132,19 +143,71 @@ def all_masks(n: int) -> npt.NDArray[np.int64]:
     return np.arange(1 << n, dtype=np.int64)
 
 
+def mask_array(masks: npt.ArrayLike, n: int) -> npt.NDArray[Any]:
+    """Masks as an array: ``int64`` for ``n <= 62`` (the fast path), else ``object`` (Python ints).
+
+    Args:
+        masks: int masks (Python ints, numpy ints or an array), length ``R``.
+        n: number of players.
+
+    Returns:
+        Array of shape ``(R,)``; ``.tolist()`` gives Python ints either way.
+    """
+    if n <= MAX_VECTOR_PLAYERS:
+        return np.asarray(masks, dtype=np.int64).reshape(-1)
+    seq = _int_list(masks)
+    out = np.empty(len(seq), dtype=object)
+    out[:] = seq
+    return out
+
+
 def incidence(masks: npt.ArrayLike, n: int) -> npt.NDArray[np.float64]:
     """0/1 matrix ``M`` with ``M[r, i] = 1`` iff player ``i`` is in coalition ``masks[r]``.
 
+    Any ``n``: int64 shifts for ``n <= 62``; beyond, each Python-int mask is unpacked from its
+    little-endian bytes (``int.to_bytes`` then ``numpy.unpackbits``).
+
     Args:
-        masks: int masks, shape ``(R,)``.
+        masks: int masks, shape ``(R,)`` (int64, or Python ints of any size).
         n: number of players.
 
     Returns:
         float64 array of shape ``(R, n)``.
+
+    Raises:
+        ValueError: a mask has bits beyond the ``n`` players (checked for ``n > 62``).
     """
-    _check_vector_n(n)
-    m = np.asarray(masks, dtype=np.int64).reshape(-1)
-    return ((m[:, None] >> np.arange(n, dtype=np.int64)) & 1).astype(np.float64)
+    if n <= MAX_VECTOR_PLAYERS:
+        m = np.asarray(masks, dtype=np.int64).reshape(-1)
+        return ((m[:, None] >> np.arange(n, dtype=np.int64)) & 1).astype(np.float64)
+    seq = _int_list(masks)
+    width = (n + 7) // 8
+    try:
+        raw = b"".join(int(m).to_bytes(width, "little") for m in seq)
+    except OverflowError as exc:
+        raise ValueError(f"a mask has bits beyond the {n} players (or is negative)") from exc
+    bits = np.unpackbits(
+        np.frombuffer(raw, dtype=np.uint8).reshape(len(seq), width), axis=1, bitorder="little"
+    )
+    if bits[:, n:].any():
+        raise ValueError(f"a mask has bits beyond the {n} players")
+    return bits[:, :n].astype(np.float64)
+
+
+def _int_list(masks: Any) -> list[int]:
+    """Masks as Python ints (an array's ``tolist``, an int, or any iterable of ints)."""
+    if isinstance(masks, np.ndarray):
+        masks = masks.reshape(-1).tolist()
+    elif isinstance(masks, int | np.integer):
+        masks = [masks]
+    return [int(m) for m in masks]
+
+
+def masks_of(rows: npt.NDArray[Any]) -> list[int]:
+    """Inverse of :func:`incidence`: 0/1 (or bool) rows of shape ``(R, n)`` to Python-int masks."""
+    rows = np.asarray(rows).astype(bool)
+    packed = np.packbits(rows, axis=1, bitorder="little")
+    return [int.from_bytes(r.tobytes(), "little") for r in packed]
 
 
 def subset_sums(x: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -181,4 +244,7 @@ def popcounts(n: int) -> npt.NDArray[np.int64]:
 
 def _check_vector_n(n: int) -> None:
     if n > MAX_VECTOR_PLAYERS:
-        raise ValueError(f"n={n} players is too many for int64 bitmasks (max {MAX_VECTOR_PLAYERS})")
+        raise ValueError(
+            f"n={n} players: enumerating all 2**n coalitions needs n <= {MAX_VECTOR_PLAYERS} "
+            "(and n <= 30 in practice); approximate mode handles any n"
+        )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from coreopt.game.coalitions import Players, all_masks, incidence
+from coreopt.game.coalitions import Players, all_masks, incidence, mask_array
 
 ValuesFn = Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float64]]
 
@@ -47,11 +47,11 @@ class Game:
 
     def __call__(self, coalition: frozenset[Hashable]) -> float:
         """``v(S)`` for a coalition given as a set of labels."""
-        return float(self.values(np.array([self.players.mask(coalition)], dtype=np.int64))[0])
+        return float(self.values(mask_array([self.players.mask(coalition)], self.n))[0])
 
     def value_of_mask(self, mask: int) -> float:
         """``v(S)`` for a bitmask."""
-        return float(self.values(np.array([mask], dtype=np.int64))[0])
+        return float(self.values(mask_array([mask], self.n))[0])
 
     def table(self) -> npt.NDArray[np.float64]:
         """``v`` on every coalition, indexed by mask: shape ``(2**n,)``."""
@@ -157,10 +157,7 @@ def coverage(n: int, facts: int = 40, seed: int = 0, density: float = 0.15) -> G
     The retrieval stand-in of the benchmarks: an answer is as good as the facts its sources cover,
     and overlapping sources are substitutes (submodular).
     """
-    rng = np.random.default_rng(seed)
-    covers = rng.random((n, facts)) < density
-    covers[np.arange(n), rng.integers(0, facts, n)] = True  # every source covers something
-    weight = rng.exponential(1.0, facts)
+    covers, weight = coverage_structure(n, facts, seed, density)
 
     def values(m: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         inc = incidence(m, n)
@@ -168,6 +165,18 @@ def coverage(n: int, facts: int = 40, seed: int = 0, density: float = 0.15) -> G
         return covered.astype(np.float64) @ weight
 
     return Game(Players(n), values, name=f"coverage(n={n}, facts={facts}, seed={seed})")
+
+
+def coverage_structure(
+    n: int, facts: int = 40, seed: int = 0, density: float = 0.15
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+    """The random instance behind :func:`coverage`: ``covers`` (``(n, facts)`` bool: source i
+    covers fact f) and the facts' ``weight`` (``(facts,)``), e.g. for an exact MILP audit."""
+    rng = np.random.default_rng(seed)
+    covers = rng.random((n, facts)) < density
+    covers[np.arange(n), rng.integers(0, facts, n)] = True  # every source covers something
+    weight = rng.exponential(1.0, facts)
+    return covers, weight
 
 
 def pairwise(n: int, seed: int = 0, interaction: float = 0.5) -> Game:
@@ -188,9 +197,15 @@ def pairwise(n: int, seed: int = 0, interaction: float = 0.5) -> Game:
 
 def random_weighted_voting(n: int, seed: int = 0) -> Game:
     """Weighted voting: integer weights 1..10, quota just over half the total (benchmarks)."""
+    w, quota = random_voting_weights(n, seed)
+    return weighted_voting(w.tolist(), quota=quota)
+
+
+def random_voting_weights(n: int, seed: int = 0) -> tuple[npt.NDArray[np.float64], float]:
+    """The weights ``(n,)`` and quota of :func:`random_weighted_voting` (e.g. for a MILP audit)."""
     rng = np.random.default_rng(seed)
     w = rng.integers(1, 11, n).astype(np.float64)
-    return weighted_voting(w.tolist(), quota=float(np.floor(w.sum() / 2) + 1))
+    return w, float(np.floor(w.sum() / 2) + 1)
 
 
 BENCHMARK_FAMILIES: dict[str, Callable[[int, int], Game]] = {
@@ -207,10 +222,12 @@ __all__ = [
     "Game",
     "additive",
     "coverage",
+    "coverage_structure",
     "glove",
     "majority",
     "miner",
     "pairwise",
+    "random_voting_weights",
     "random_weighted_voting",
     "symmetric",
     "unanimity",

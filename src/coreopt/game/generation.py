@@ -6,16 +6,22 @@ tie-break (the source is every coalition evaluated).
 
 from __future__ import annotations
 
+from typing import Any
+
 import highspy
 import numpy as np
 import numpy.typing as npt
 
-from coreopt.game.coalitions import members
+from coreopt.game.coalitions import mask_array, members
 from coreopt.game.lp import LeastCoreLP, LPSolution
 from coreopt.game.rows import ExplicitRows, TableRows, most_violated, span_residual
 
 Source = TableRows | ExplicitRows
 _INF = highspy.kHighsInf
+_OK = highspy.HighsStatus.kOk
+_RELAX = (1e-7, 1e-5, 1e-3)
+"""Relative relaxations of the level tried when HiGHS's QP fails on a sliver of a feasible set
+(measured at n = 50: 1e-7 and 1e-6 still failed, 1e-5 solved)."""
 
 
 def solve_by_generation(
@@ -67,7 +73,7 @@ def egalitarian(
     """
     present: set[int] = {int(m) for m in np.asarray(seed_masks).tolist()}
     for _ in range(10_000):
-        masks = np.array(sorted(present), dtype=np.int64)
+        masks = mask_array(sorted(present), source.n)
         x = _min_norm(source.n, grand_value, x_lower, masks, source, level, tol)
         all_masks, ex = source.excess(x)
         new = most_violated(all_masks, ex, level, rows_per_round + len(present), tol)
@@ -139,26 +145,92 @@ def _min_norm(
     n: int,
     grand_value: float,
     x_lower: npt.NDArray[np.float64],
-    masks: npt.NDArray[np.int64],
+    masks: npt.NDArray[Any],
     source: Source,
     level: float,
     tol: float,
 ) -> npt.NDArray[np.float64]:
     """``argmin ||x||²`` s.t. ``x(N) = v(N)``, ``x(S) >= v(S) - level``, ``x >= x_lower``.
 
-    Solved by cvxpy/Clarabel (interior point, ~1e-8 accurate), then polished to machine precision
-    by a primal active-set pass guided by its multipliers: the minimum-norm point of an equality
-    system is ``x = A^T λ`` with ``(A A^T) λ = b``; it is the exact optimum when it is feasible
-    with ``λ >= 0`` on the inequalities (the KKT conditions). When the pass cannot certify that,
-    the interior-point solution is returned.
+    First solved by HiGHS's QP solver (active set, ~1e-7 accurate here, no cvxpy import), then
+    polished to machine precision by a primal active-set pass guided by its multipliers: the
+    minimum-norm point of an equality system is ``x = A^T λ`` with ``(A A^T) λ = b``; it is the
+    exact optimum when it is feasible with ``λ >= 0`` on the inequalities (the KKT conditions).
+    When HiGHS fails or the pass cannot certify its answer, the same is done from cvxpy/Clarabel
+    (interior point; imported only then), and when that pass fails too the interior-point
+    solution is returned.
     """
-    import cvxpy as cp
-
     from coreopt.game.coalitions import incidence
 
     inc = incidence(masks, n) if masks.size else np.zeros((0, n))
     rhs = source.value_of(masks) - level if masks.size else np.zeros(0)
     bounded = np.flatnonzero(np.isfinite(x_lower))
+    all_rows = np.vstack([inc, np.eye(n)[bounded]]) if bounded.size else inc
+    all_rhs = np.concatenate([rhs, x_lower[bounded]])
+    first = _qp_highs(n, grand_value, all_rows, all_rhs)
+    for rel in _RELAX if all_rhs.size else ():
+        if first is not None:
+            break
+        # HiGHS's active-set QP can stop with a solve error when the level leaves a sliver of a
+        # feasible set; its multipliers on a slightly relaxed problem still rank the constraints
+        # for the polish, which enforces the exact ones
+        relax = rel * max(1.0, float(np.abs(all_rhs).max()), abs(grand_value))
+        first = _qp_highs(n, grand_value, all_rows, all_rhs - relax)
+    if first is not None:
+        polished = _polish(n, grand_value, all_rows, all_rhs, first[1], tol)
+        if polished is not None:
+            return polished
+    x_ip, all_dual = _qp_clarabel(n, grand_value, inc, rhs, x_lower, bounded)
+    polished = _polish(n, grand_value, all_rows, all_rhs, all_dual, tol)
+    return x_ip if polished is None else polished
+
+
+def _qp_highs(
+    n: int, grand_value: float, rows: npt.NDArray[np.float64], rhs: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+    """``argmin ½||x||²`` s.t. ``1·x = v(N)``, ``rows @ x >= rhs`` on HiGHS: ``(x, |multipliers|)``
+    of ``rows``, or ``None`` when HiGHS does not report an optimum."""
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", 1)
+    empty = np.array([], dtype=np.int32)
+    h.addCols(n, np.zeros(n), np.full(n, -_INF), np.full(n, _INF), 0, empty, empty, np.array([]))
+    idx = np.arange(n, dtype=np.int32)
+    if h.passHessian(n, n, int(highspy.HessianFormat.kTriangular), idx, idx, np.ones(n)) != _OK:
+        return None
+    h.addRow(grand_value, grand_value, n, idx, np.ones(n))
+    if rows.shape[0]:
+        r, c = np.nonzero(rows)
+        starts = np.searchsorted(r, np.arange(rows.shape[0])).astype(np.int32)
+        h.addRows(
+            rows.shape[0],
+            rhs,
+            np.full(rows.shape[0], _INF),
+            r.size,
+            starts,
+            c.astype(np.int32),
+            rows[r, c].astype(np.float64),
+        )
+    h.run()
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return None
+    sol = h.getSolution()
+    x = np.asarray(sol.col_value, dtype=np.float64)
+    dual = np.abs(np.asarray(sol.row_dual, dtype=np.float64)[1:])
+    return x, dual
+
+
+def _qp_clarabel(
+    n: int,
+    grand_value: float,
+    inc: npt.NDArray[np.float64],
+    rhs: npt.NDArray[np.float64],
+    x_lower: npt.NDArray[np.float64],
+    bounded: npt.NDArray[np.intp],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The same QP by cvxpy/Clarabel: ``(x, multipliers)`` of the rows then the bounds."""
+    import cvxpy as cp
+
     x = cp.Variable(n)
     rows = inc @ x >= rhs
     bounds = x[bounded] >= x_lower[bounded]
@@ -173,17 +245,28 @@ def _min_norm(
         value = getattr(c, "dual_value", None)
         return np.zeros(0) if value is None else np.atleast_1d(np.asarray(value, dtype=np.float64))
 
-    row_dual = dual(rows) if masks.size else np.zeros(0)
+    row_dual = dual(rows) if inc.shape[0] else np.zeros(0)
     bound_dual = dual(bounds) if bounded.size else np.zeros(0)
-    # Active-set polish: start from the efficiency row alone and add, one at a time, the violated
-    # constraint with the largest multiplier until the equality-constrained minimum-norm point is
-    # feasible (constraints the optimum does not need never enter, so a degenerate optimum's
-    # near-tight rows cannot make the system inconsistent).
-    all_rows = np.vstack([inc, np.eye(n)[bounded]]) if bounded.size else inc
-    all_rhs = np.concatenate([rhs, x_lower[bounded]])
     all_dual = np.concatenate([row_dual, bound_dual]) if bound_dual.size else row_dual
-    if all_dual.shape[0] != all_rows.shape[0]:
-        all_dual = np.zeros(all_rows.shape[0])
+    if all_dual.shape[0] != inc.shape[0] + bounded.size:
+        all_dual = np.zeros(inc.shape[0] + bounded.size)
+    return x_ip, all_dual
+
+
+def _polish(
+    n: int,
+    grand_value: float,
+    all_rows: npt.NDArray[np.float64],
+    all_rhs: npt.NDArray[np.float64],
+    all_dual: npt.NDArray[np.float64],
+    tol: float,
+) -> npt.NDArray[np.float64] | None:
+    """The multiplier-guided active-set pass of :func:`_min_norm`: the exact minimum-norm point,
+    or ``None`` when it cannot be certified (KKT) this way."""
+    # Start from the efficiency row alone and add, one at a time, the violated constraint with
+    # the largest multiplier until the equality-constrained minimum-norm point is feasible
+    # (constraints the optimum does not need never enter, so a degenerate optimum's near-tight
+    # rows cannot make the system inconsistent).
     chosen: list[int] = []
     polished = np.full(n, grand_value / n)
     lam = np.zeros(1)
@@ -204,10 +287,89 @@ def _min_norm(
         if np.linalg.matrix_rank(np.vstack([A, all_rows[pick]])) <= A.shape[0]:
             break  # dependent: leave it to the interior-point solution
         chosen.append(pick)
-    return polished if ok else x_ip
+    return polished if ok else None
 
 
 def _indicator(mask: int, n: int) -> npt.NDArray[np.float64]:
     v = np.zeros(n)
     v[members(mask)] = 1.0
     return v
+
+
+class IncrementalMinNorm:
+    """``argmin ||x||²`` s.t. ``x(N) = v(N)``, ``x(S) >= v(S) - level``, ``x >= x_lower`` on one
+    HiGHS QP model kept across rounds: rows are added as coalitions are evaluated and only the row
+    bounds change with ``level``, so each round's solve starts from the last one's active set.
+
+    Approximate mode's separation target above ``LOOP_TIE_BREAK_MAX_N`` players (an egalitarian
+    point accurate to HiGHS's tolerances, ~1e-7 relative; the payoff returned is still polished
+    by :func:`egalitarian` once, at the end).
+
+    Args:
+        n: number of players.
+        grand_value: ``v(N)``.
+        x_lower: lower bounds on ``x``, shape ``(n,)`` (``-inf``: none).
+    """
+
+    def __init__(self, n: int, grand_value: float, x_lower: npt.NDArray[np.float64]) -> None:
+        from coreopt.game.coalitions import members
+
+        self.n = n
+        self._members = members
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("threads", 1)
+        empty = np.array([], dtype=np.int32)
+        lo = np.where(np.isfinite(x_lower), x_lower, -_INF)
+        h.addCols(n, np.zeros(n), lo, np.full(n, _INF), 0, empty, empty, np.array([]))
+        idx = np.arange(n, dtype=np.int32)
+        if h.passHessian(n, n, int(highspy.HessianFormat.kTriangular), idx, idx, np.ones(n)) != _OK:
+            raise RuntimeError("HiGHS refused the identity Hessian of the min-norm QP")
+        h.addRow(grand_value, grand_value, n, idx, np.ones(n))
+        self._h = h
+        self._values: list[float] = []
+        self._level = 0.0
+
+    def add_rows(self, masks: list[int], values: list[float]) -> None:
+        """Add rows ``x(S) >= v(S) - level`` (at the current level)."""
+        if not masks:
+            return
+        starts: list[int] = []
+        index: list[int] = []
+        for m in masks:
+            starts.append(len(index))
+            index.extend(self._members(int(m)))
+        k = len(masks)
+        self._h.addRows(
+            k,
+            np.asarray(values, dtype=np.float64) - self._level,
+            np.full(k, _INF),
+            len(index),
+            np.array(starts, dtype=np.int32),
+            np.array(index, dtype=np.int32),
+            np.ones(len(index)),
+        )
+        self._values.extend(float(v) for v in values)
+
+    def solve(self, level: float) -> npt.NDArray[np.float64] | None:
+        """The minimum-norm point at ``level``, or ``None`` when HiGHS reports no optimum.
+
+        A sliver of a feasible set (``level`` a hair above the LP's optimum) can stop HiGHS's
+        active-set QP with a solve error; the level is then relaxed by ``1e-7``, ``1e-5``, then
+        ``1e-3`` of the largest ``|v|`` (a separation target needs no more accuracy).
+        """
+        k = len(self._values)
+        unit = max(1.0, float(np.abs(self._values).max())) if k else 0.0
+        for attempt in (level, *(level + rel * unit for rel in _RELAX)):
+            if attempt != self._level and k:
+                self._h.changeRowsBounds(  # type: ignore[attr-defined]
+                    k,
+                    np.arange(1, k + 1, dtype=np.int32),
+                    np.asarray(self._values) - attempt,
+                    np.full(k, _INF),
+                )
+            self._level = attempt
+            self._h.run()
+            if self._h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+                return np.asarray(self._h.getSolution().col_value, dtype=np.float64)
+        return None

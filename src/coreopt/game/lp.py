@@ -24,7 +24,7 @@ import highspy
 import numpy as np
 import numpy.typing as npt
 
-from coreopt.game.coalitions import members
+from coreopt.game.coalitions import mask_array, members
 
 _INF = highspy.kHighsInf
 _BANNER_LOCK = threading.Lock()
@@ -163,7 +163,7 @@ class LeastCoreLP:
     @property
     def masks(self) -> npt.NDArray[np.int64]:
         """Masks of the rows, in insertion order."""
-        return np.array(self._masks, dtype=np.int64)
+        return mask_array(self._masks, self.n)  # int64 up to 62 players, else Python ints
 
     @property
     def values(self) -> npt.NDArray[np.float64]:

@@ -26,8 +26,11 @@ import numpy as np
 import numpy.typing as npt
 
 from coreopt.errors import BudgetExhaustedError, CoreoptError, NonFiniteError
-from coreopt.game.coalitions import Players
+from coreopt.game.coalitions import Players, incidence, mask_array
 from coreopt.parallel.aio import run_sync
+
+_TIMED_CALLS = 4
+"""Sync calls timed one by one before concluding the value function is slow (threads then)."""
 
 
 class ValueFunctionError(CoreoptError, RuntimeError):
@@ -54,7 +57,8 @@ class VectorizedValue:
         fn: ``fn(batch) -> values``; ``batch`` is a bool array of shape ``(B, n)`` (``form=
             "incidence"``: ``batch[r, i]`` is whether player ``i``, in the order given to
             ``least_core``, is in coalition ``r``) or an int64 array of shape ``(B,)`` of
-            bitmasks (``form="masks"``: player ``i`` is bit ``i``); ``values`` has shape ``(B,)``.
+            bitmasks (``form="masks"``: player ``i`` is bit ``i``; above 62 players an ``object``
+            array of Python ints); ``values`` has shape ``(B,)``.
         form: ``"incidence"`` or ``"masks"``.
         batch_size: most coalitions per call of ``fn``.
     """
@@ -81,7 +85,7 @@ class VectorizedValue:
         """``fn`` on the coalitions ``masks`` (shape ``(B,)``) of an ``n``-player game."""
         arg: npt.NDArray[Any] = masks
         if self.form == "incidence":
-            arg = ((masks[:, None] >> np.arange(n, dtype=np.int64)) & 1).astype(bool)
+            arg = incidence(masks, n).astype(bool)
         return self.fn(arg)
 
     def check(self, raw: Any, masks: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
@@ -197,6 +201,7 @@ class ValueOracle:
         self.seconds = 0.0
         self.exhausted = False
         self._fast: bool | None = None  # sync calls measured cheaper than a thread hand-off
+        self._timed: list[float] = []  # seconds of the first calls, while _fast is undecided
         """Whether the value function raised :class:`BudgetExhaustedError` (no call is left)."""
         for coalition, value in (known_values or {}).items():
             mask = players.mask(coalition)
@@ -285,9 +290,10 @@ class ValueOracle:
             self.values,
         )
 
-    def _call_sync(self, mask: int) -> Any:
+    def _call_sync(self, mask: int, first: int = 0) -> Any:
+        """``value_fn`` on ``mask``'s coalition with retries, from attempt ``first``."""
         coalition = self.players.coalition(mask)
-        for attempt in range(self.retries + 1):
+        for attempt in range(first, self.retries + 1):
             try:
                 return self.value_fn(coalition)
             except BudgetExhaustedError:
@@ -298,11 +304,42 @@ class ValueOracle:
                 time.sleep(self.retry_delay * 2**attempt)
         raise AssertionError("unreachable")
 
+    def _run_sequential(self, todo: list[int]) -> None:
+        """Call ``value_fn`` in this thread, one coalition after another.
+
+        The hot loop of exact mode with a cheap Python function: each call costs a coalition
+        lookup, the call, a type check and a dict store; the retry machinery and the full value
+        check run only when a call raises or returns anything but a finite ``float``.
+        """
+        fn = self.value_fn
+        coalition = self.players.coalition
+        cache = self.cache
+        isfinite = math.isfinite
+        for m in todo:
+            try:
+                try:
+                    out = fn(coalition(m))
+                except BudgetExhaustedError:
+                    raise
+                except Exception as exc:
+                    if self.retries == 0:
+                        raise self._fail(m, exc) from exc
+                    time.sleep(self.retry_delay)
+                    out = self._call_sync(m, first=1)
+            except BudgetExhaustedError:
+                self.exhausted = True
+                return
+            if type(out) is float and isfinite(out):
+                cache[m] = out
+            else:
+                cache[m] = self._check(m, out)
+            self.calls += 1
+
     def _run_vector(self, todo: list[int], fn: VectorizedValue) -> None:
         n = self.players.n
         for start in range(0, len(todo), fn.batch_size):
             chunk = todo[start : start + fn.batch_size]
-            masks = np.array(chunk, dtype=np.int64)
+            masks = mask_array(chunk, n)
             for attempt in range(self.retries + 1):
                 try:
                     raw = fn.evaluate(masks, n)
@@ -324,25 +361,26 @@ class ValueOracle:
 
     def _run_threads(self, todo: list[int]) -> None:
         # Cheap value functions (table lookups, analytic games) lose more to thread hand-offs than
-        # they gain: the first call of each batch is timed, and calls under 1 ms run in this thread.
-        if todo and self.max_concurrency > 1 and self._fast is None:
+        # they gain: the first calls are timed, and when the fastest of them took under 1 ms the
+        # calls run in this thread from then on (the fastest of several: one call slowed by a
+        # loaded machine must not send a cheap function to the thread pool for good).
+        while todo and self.max_concurrency > 1 and self._fast is None:
             t0 = time.perf_counter()
             try:
                 value = self._call_sync(todo[0])
             except BudgetExhaustedError:
                 self.exhausted = True
                 return
-            self._fast = time.perf_counter() - t0 < 1e-3
+            took = time.perf_counter() - t0
             self._store(todo[0], value)
             todo = todo[1:]
+            self._timed.append(took)
+            if took < 1e-3:
+                self._fast = True
+            elif len(self._timed) >= _TIMED_CALLS:
+                self._fast = False
         if len(todo) <= 1 or self.max_concurrency == 1 or self._fast:
-            for m in todo:
-                try:
-                    value = self._call_sync(m)
-                except BudgetExhaustedError:
-                    self.exhausted = True
-                    return
-                self._store(m, value)
+            self._run_sequential(todo)
             return
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(todo))) as pool:
             futures = [pool.submit(self._call_sync, m) for m in todo]

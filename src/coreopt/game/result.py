@@ -51,14 +51,23 @@ class LeastCoreConfig:
             coalitions, maximised exactly), ``"local_search"`` (1-bit flips of the tight
             coalitions and of last round's violated ones, ranked by the surrogate), ``"probes"``
             (uniform random coalitions).
-        surrogate: ``"quadratic"`` (pairwise) or ``"linear"``.
+        surrogate: ``"auto"`` (``"quadratic"`` up to 60 players, ``"size"`` beyond),
+            ``"quadratic"`` (pairwise: ``1 + n(n+1)/2`` features), ``"size"`` (linear plus a
+            piecewise-linear function of ``|S|``: ``n + 9`` features) or ``"linear"``.
         surrogate_focus: the surrogate's least-squares weights are
             ``exp(clip((excess - max excess) / std(excess), -focus, 0))``: coalitions near tight
             count up to ``e^focus`` times more than far ones (``0``: unweighted fit).
         surrogate_solver: how the surrogate is maximised: ``"auto"`` (enumeration for
-            n <= ``enumerate_max_n``, else min-cut when supermodular, else MILP), ``"enumerate"``,
-            ``"milp"`` or ``"mincut"``.
-        enumerate_max_n: largest n for which the surrogate is maximised by enumeration.
+            n <= ``enumerate_max_n``, ``"mincut"`` up to 30 players, else ``"ascent"``),
+            ``"enumerate"``, ``"milp"`` (HiGHS,
+            capped in branch-and-bound nodes), ``"mincut"`` (exact when the surrogate is
+            supermodular, else MILP) or ``"ascent"`` (the min-cut's maximiser when supermodular,
+            plus steepest 1-flip ascents on the surrogate from the LP's tight rows and last
+            round's violated ones: a fixed amount of work, for any n). A surrogate without pairs
+            (``"size"``, ``"linear"``) is maximised exactly by sorting.
+        enumerate_max_n: largest n for which the surrogate is maximised by enumeration and the
+            tie-broken payoff is the separation target each round (above it the target is the
+            LP's optimum and the tie-break runs once, at the end).
         batch_size: candidate coalitions evaluated per round (one batch of real calls).
         probes: uniform probes per round.
         confirm_probes: when a round's candidates and probes show no violation, this many fresh
@@ -92,10 +101,10 @@ class LeastCoreConfig:
     seed_coalitions: tuple[tuple[Hashable, ...], ...] = ()
     complementary_pairs: int = 8
     oracles: tuple[str, ...] = ORACLES
-    surrogate: Literal["quadratic", "linear"] = "quadratic"
+    surrogate: Literal["auto", "quadratic", "size", "linear"] = "auto"
     surrogate_focus: float = 0.0
     clean_rounds: int = 1
-    surrogate_solver: Literal["auto", "enumerate", "milp", "mincut"] = "auto"
+    surrogate_solver: Literal["auto", "enumerate", "milp", "mincut", "ascent"] = "auto"
     enumerate_max_n: int = 20
     batch_size: int = 32
     probes: int = 32
@@ -131,9 +140,11 @@ class LeastCoreConfig:
         bad = [o for o in self.oracles if o not in ORACLES]
         if bad:
             raise ValueError(f"unknown oracles {bad}; expected a subset of {ORACLES}")
-        if self.surrogate not in ("quadratic", "linear"):
-            raise ValueError(f"surrogate={self.surrogate!r}; expected 'quadratic' or 'linear'")
-        if self.surrogate_solver not in ("auto", "enumerate", "milp", "mincut"):
+        if self.surrogate not in ("auto", "quadratic", "size", "linear"):
+            raise ValueError(
+                f"surrogate={self.surrogate!r}; expected 'auto', 'quadratic', 'size' or 'linear'"
+            )
+        if self.surrogate_solver not in ("auto", "enumerate", "milp", "mincut", "ascent"):
             raise ValueError(f"surrogate_solver={self.surrogate_solver!r} is unknown")
         for name in (
             "batch_size",

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from coreopt.game.coalitions import incidence, subset_sums
+from coreopt.game.coalitions import incidence, mask_array, subset_sums
 
 
 class RowSource(Protocol):
@@ -76,7 +76,7 @@ class ExplicitRows:
 
     def __init__(self, n: int, masks: npt.ArrayLike, values: npt.ArrayLike) -> None:
         self.n = n
-        self.masks = np.asarray(masks, dtype=np.int64).reshape(-1)
+        self.masks = mask_array(masks, n)
         self.values = np.asarray(values, dtype=np.float64).reshape(-1)
         grand = (1 << n) - 1
         self._eligible = (self.masks != 0) & (self.masks != grand)

@@ -19,25 +19,44 @@ import highspy
 import numpy as np
 import numpy.typing as npt
 
-from coreopt.game.coalitions import incidence, subset_sums
+from coreopt.game.coalitions import MAX_VECTOR_PLAYERS, incidence, masks_of, popcounts, subset_sums
+
+SIZE_KNOTS = 8
+"""Hinge functions ``max(0, |S| - t)`` of the ``"size"`` surrogate, at evenly spaced sizes t."""
+
+DIRECT_SOLVE_MAX_FEATURES = 600
+"""Above this many features the normal equations are solved by warm-started conjugate gradients
+(a fixed number of iterations: deterministic) instead of a dense factorisation each round."""
 
 
 @dataclass(frozen=True)
 class Surrogate:
-    """Fitted ``v̂(S) = intercept + a·1_S + Σ_{i<j} b_ij 1_i 1_j`` (``b`` upper triangular)."""
+    """Fitted ``v̂(S) = intercept + a·1_S + Σ_{i<j} b_ij 1_i 1_j + g(|S|)`` (``b`` upper
+    triangular; ``g``, shape ``(n + 1,)``, is zero unless the ``"size"`` kind was fitted)."""
 
     intercept: float
     a: npt.NDArray[np.float64]
     b: npt.NDArray[np.float64]
+    g: npt.NDArray[np.float64] | None = None
 
     @property
     def n(self) -> int:
         return self.a.shape[0]
 
-    def predict(self, masks: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-        """``v̂`` on masks, shape ``(R,)``."""
+    @property
+    def pairwise(self) -> bool:
+        """Whether any pairwise term is non-zero."""
+        return bool(np.any(self.b))
+
+    def predict(self, masks: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """``v̂`` on masks, shape ``(R,)`` (int64 or, for n > 62, Python-int masks)."""
         inc = incidence(masks, self.n)
-        return self.intercept + inc @ self.a + np.einsum("ri,ij,rj->r", inc, self.b, inc)
+        out = self.intercept + inc @ self.a
+        if self.pairwise:
+            out = out + np.einsum("ri,ij,rj->r", inc, self.b, inc)
+        if self.g is not None:
+            out = out + self.g[inc.sum(axis=1).astype(np.int64)]
+        return np.asarray(out, dtype=np.float64)
 
     def all_scores(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """``v̂(S) - x(S)`` on every mask ``0 .. 2**n - 1`` by doubling (no ``n·2^n`` matrix)."""
@@ -49,51 +68,86 @@ class Surrogate:
             lo = 1 << i
             pair = subset_sums(self.b[:i, i]) if i else np.zeros(1)
             np.add(out[:lo], c[i] + pair, out=out[lo : 2 * lo])
+        if self.g is not None:
+            out += self.g[popcounts(n)]
         return out
 
 
-def _features(masks: npt.NDArray[np.int64], n: int, kind: str) -> npt.NDArray[np.float64]:
-    """Design matrix ``[1, 1_S, (1_i 1_j)_{i<j}]`` of shape ``(R, 1 + n [+ n(n-1)/2])``."""
+def feature_count(n: int, kind: str) -> int:
+    """Number of surrogate features (columns of the design matrix) for ``n`` players."""
+    extra = {"quadratic": n * (n - 1) // 2, "size": SIZE_KNOTS, "linear": 0}[kind]
+    return 1 + n + extra
+
+
+def _knots(n: int) -> npt.NDArray[np.float64]:
+    return np.unique(np.linspace(1, max(n - 1, 1), SIZE_KNOTS + 2)[1:-1].round())[:SIZE_KNOTS]
+
+
+def _size_basis(sizes: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
+    """Hinges ``max(0, size - t)`` at :func:`_knots`, padded to ``SIZE_KNOTS`` columns."""
+    t = _knots(n)
+    out = np.zeros((sizes.shape[0], SIZE_KNOTS))
+    out[:, : t.shape[0]] = np.maximum(0.0, sizes[:, None] - t[None, :])
+    return out
+
+
+def _features(masks: npt.ArrayLike, n: int, kind: str) -> npt.NDArray[np.float64]:
+    """Design matrix of shape ``(R, feature_count(n, kind))``: ``[1, 1_S]`` then the pairs
+    ``(1_i 1_j)_{i<j}`` (``"quadratic"``) or size hinges (``"size"``)."""
     inc = incidence(masks, n)
     feats = [np.ones((inc.shape[0], 1)), inc]
     if kind == "quadratic":
         iu = np.triu_indices(n, 1)
         feats.append(inc[:, iu[0]] * inc[:, iu[1]])
+    elif kind == "size":
+        feats.append(_size_basis(inc.sum(axis=1), n))
     return np.concatenate(feats, axis=1)
+
+
+def _surrogate_of(coef: npt.NDArray[np.float64], n: int, kind: str) -> Surrogate:
+    b = np.zeros((n, n))
+    g = None
+    if kind == "quadratic":
+        b[np.triu_indices(n, 1)] = coef[1 + n :]
+    elif kind == "size":
+        g = _size_basis(np.arange(n + 1, dtype=np.float64), n) @ coef[1 + n :]
+    return Surrogate(float(coef[0]), coef[1 : 1 + n].copy(), b, g)
+
+
+def _ridge(gram: npt.NDArray[np.float64], ridge: float) -> npt.NDArray[np.float64]:
+    """Ridge on all but the intercept, relative to the mean squared feature norm."""
+    p = gram.shape[0]
+    lam = ridge * max(1.0, float(np.trace(gram)) / p)
+    penalty = np.full(p, lam)
+    penalty[0] = 0.0
+    return penalty + 1e-12
 
 
 def _solve_normal(
     gram: npt.NDArray[np.float64], rhs: npt.NDArray[np.float64], n: int, kind: str, ridge: float
 ) -> Surrogate:
     # Normal equations (features are few: n(n+1)/2 + 1), ridge on all but the intercept.
-    p = gram.shape[0]
-    lam = ridge * max(1.0, float(np.trace(gram)) / p)
-    penalty = np.full(p, lam)
-    penalty[0] = 0.0
-    coef = np.asarray(
-        np.linalg.solve(gram + np.diag(penalty) + 1e-12 * np.eye(p), rhs), dtype=np.float64
-    )
-    b = np.zeros((n, n))
-    if kind == "quadratic":
-        b[np.triu_indices(n, 1)] = coef[1 + n :]
-    return Surrogate(float(coef[0]), coef[1 : 1 + n].copy(), b)
+    coef = np.asarray(np.linalg.solve(gram + np.diag(_ridge(gram, ridge)), rhs), dtype=np.float64)
+    return _surrogate_of(coef, n, kind)
 
 
 def fit_surrogate(
-    masks: npt.NDArray[np.int64],
+    masks: npt.ArrayLike,
     values: npt.NDArray[np.float64],
     n: int,
     kind: str = "quadratic",
     ridge: float = 1e-6,
     weights: npt.NDArray[np.float64] | None = None,
 ) -> Surrogate:
-    """Ridge least-squares fit of a linear or pairwise surrogate on evaluated coalitions.
+    """Ridge least-squares fit of a linear, size or pairwise surrogate on evaluated coalitions.
 
     Args:
         masks: evaluated coalitions, shape ``(R,)``.
         values: their values, shape ``(R,)``.
         n: number of players.
-        kind: ``"linear"`` or ``"quadratic"``.
+        kind: ``"linear"`` (``c + a·1_S``), ``"size"`` (linear plus a piecewise-linear function
+            of ``|S|``: ``1 + n + 8`` features, for any n) or ``"quadratic"`` (pairwise:
+            ``1 + n(n+1)/2`` features).
         ridge: Tikhonov weight relative to the mean squared feature norm; keeps an
             under-determined quadratic fit (``R < n(n+1)/2 + 1``) well posed.
         weights: per-coalition weights of the squared errors (``None``: uniform).
@@ -108,15 +162,22 @@ class SurrogateFit:
 
     Rows are only ever added, so the normal equations ``X^T X`` and ``X^T y`` are accumulated:
     a round costs its new rows times the squared feature count plus one solve, instead of a refit
-    over every row (at n = 50 the quadratic design has 1276 columns).
+    over every row. Above ``DIRECT_SOLVE_MAX_FEATURES`` features (quadratic at n > 34) the solve
+    is ``cg_iterations`` steps of conjugate gradients warm-started from the previous round's
+    coefficients (O(p^2) each instead of O(p^3)): a fixed amount of work, so the same rows give
+    the same surrogate on any machine.
     """
 
-    def __init__(self, n: int, kind: str = "quadratic", ridge: float = 1e-6) -> None:
+    def __init__(
+        self, n: int, kind: str = "quadratic", ridge: float = 1e-6, cg_iterations: int = 20
+    ) -> None:
         self.n, self.kind, self.ridge = n, kind, ridge
-        p = 1 + n + (n * (n - 1) // 2 if kind == "quadratic" else 0)
+        p = feature_count(n, kind)
         self.gram = np.zeros((p, p))
         self.rhs = np.zeros(p)
         self.seen: set[int] = set()
+        self.cg_iterations = cg_iterations
+        self._coef: npt.NDArray[np.float64] | None = None
 
     def add(self, masks: list[int], values: list[float]) -> None:
         """Add the rows of coalitions not seen before."""
@@ -124,13 +185,38 @@ class SurrogateFit:
         if not new:
             return
         self.seen.update(m for m, _ in new)
-        X = _features(np.array([m for m, _ in new], dtype=np.int64), self.n, self.kind)
+        X = _features([m for m, _ in new], self.n, self.kind)
         self.gram += X.T @ X
         self.rhs += X.T @ np.array([v for _, v in new])
 
     def fit(self) -> Surrogate:
         """The ridge least-squares surrogate over every row added so far."""
-        return _solve_normal(self.gram, self.rhs, self.n, self.kind, self.ridge)
+        p = self.gram.shape[0]
+        if p <= DIRECT_SOLVE_MAX_FEATURES or self._coef is None:
+            if p <= DIRECT_SOLVE_MAX_FEATURES:
+                return _solve_normal(self.gram, self.rhs, self.n, self.kind, self.ridge)
+            self._coef = np.zeros(p)
+        A_diag = _ridge(self.gram, self.ridge)
+        # Jacobi-preconditioned conjugate gradients on (G + diag(ridge)) c = r, warm started
+        precond = 1.0 / (np.diag(self.gram) + A_diag)
+        c = self._coef
+        r = self.rhs - (self.gram @ c + A_diag * c)
+        z = precond * r
+        d = z.copy()
+        rz = float(r @ z)
+        for _ in range(self.cg_iterations):
+            if rz <= 1e-30:
+                break
+            q = self.gram @ d + A_diag * d
+            alpha = rz / float(d @ q)
+            c = c + alpha * d
+            r = r - alpha * q
+            z = precond * r
+            rz_new = float(r @ z)
+            d = z + (rz_new / rz) * d
+            rz = rz_new
+        self._coef = c
+        return _surrogate_of(c, self.n, self.kind)
 
 
 def top_by_enumeration(
@@ -154,11 +240,11 @@ def best_by_mincut(surrogate: Surrogate, x: npt.NDArray[np.float64]) -> int | No
     ``i -> j`` (paid when ``i`` is on the source side, ``z_i = 1``, and ``j`` is not).
     Returns ``None`` if ``b`` has a negative entry or the optimum is the empty or grand coalition.
     """
-    import networkx as nx
-
     b = surrogate.b
     if (b < -1e-12).any():
         return None
+    import networkx as nx
+
     n = surrogate.n
     unary = (x - surrogate.a) - b.sum(axis=1)  # Σ_j w_ij z_i folded into the unary term
     g = nx.DiGraph()
@@ -246,6 +332,114 @@ def top_by_milp(
     return found
 
 
+def top_by_size(
+    surrogate: Surrogate, x: npt.NDArray[np.float64], k: int, exclude: set[int]
+) -> list[int]:
+    """Up to ``k`` maximisers of ``v̂(S) - x(S)`` for a surrogate without pairwise terms.
+
+    With ``b = 0``, ``v̂(S) - x(S) = c + Σ_{i∈S} (a_i - x_i) + g(|S|)``: for each size ``s`` the
+    best coalition is the ``s`` players of largest ``a_i - x_i``, so sorting once solves it
+    exactly for any n (O(n log n)). Candidates: those best coalitions of each size, best first,
+    then their swaps of one member for one non-member (next best per size), skipping ``exclude``.
+    """
+    if surrogate.pairwise:
+        raise ValueError("top_by_size needs a surrogate without pairwise terms (b = 0)")
+    n = surrogate.n
+    c = surrogate.a - x
+    order = np.argsort(-c, kind="stable")
+    sizes = np.arange(1, n)
+    prefix = np.cumsum(c[order])[: n - 1]
+    g = surrogate.g[1:n] if surrogate.g is not None else np.zeros(n - 1)
+    score = prefix + g
+    ranked = sizes[np.argsort(-score, kind="stable")]
+    out: list[int] = []
+    seen = set(exclude)
+    bits = [1 << int(i) for i in order]
+    prefix_masks = np.cumsum(np.array(bits, dtype=object)).tolist()
+    for s in ranked.tolist():
+        m = int(prefix_masks[s - 1])
+        if m not in seen:
+            seen.add(m)
+            out.append(m)
+            if len(out) >= k:
+                return out
+    # swaps at the best sizes: drop the weakest member, add the strongest non-member
+    for s in ranked.tolist():
+        base = int(prefix_masks[s - 1])
+        for drop in range(s - 1, max(s - 4, -1), -1):
+            for add in range(s, min(s + 3, n)):
+                m = base ^ bits[drop] ^ bits[add]
+                if m not in seen:
+                    seen.add(m)
+                    out.append(m)
+                    if len(out) >= k:
+                        return out
+    return out
+
+
+def top_by_ascent(
+    surrogate: Surrogate,
+    x: npt.NDArray[np.float64],
+    k: int,
+    exclude: set[int],
+    starts: list[int],
+    max_steps: int | None = None,
+) -> list[int]:
+    """Up to ``k`` local maxima of ``v̂(S) - x(S)`` by steepest 1-flip ascent on the surrogate.
+
+    All starts climb at once (one ``(starts, n) @ (n, n)`` product per step: O(starts · n²)),
+    for at most ``max_steps`` steps (default ``2n``): a fixed amount of work for any n, no MILP.
+    Flips that would make a coalition empty or grand are not taken. Returns the distinct end
+    points not in ``exclude``, best first, then the best unexcluded 1-flip neighbours of the end
+    points that were excluded (a known local maximum's neighbourhood is the next place to look).
+    """
+    n = surrogate.n
+    if not starts:
+        return []
+    Z = incidence(starts, n).astype(bool)
+    bsym = surrogate.b + surrogate.b.T
+    c = surrogate.a - x
+    g = surrogate.g if surrogate.g is not None else np.zeros(n + 1)
+    rows = np.arange(Z.shape[0])
+    for _ in range(2 * n if max_steps is None else max_steps):
+        size = Z.sum(axis=1)
+        field = c + Z.astype(np.float64) @ bsym
+        # flipping i: in -> out loses field_i (its pairs with the others), out -> in gains it
+        sign = np.where(Z, -1.0, 1.0)
+        drop = (g[np.maximum(size - 1, 0)] - g[size])[:, None]
+        add = (g[np.minimum(size + 1, n)] - g[size])[:, None]
+        size_gain = np.where(Z, drop, add)
+        gain = sign * field + size_gain
+        gain[Z & (size[:, None] <= 1)] = -np.inf
+        gain[~Z & (size[:, None] >= n - 1)] = -np.inf
+        best = np.argmax(gain, axis=1)
+        move = gain[rows, best] > 1e-12
+        if not move.any():
+            break
+        Z[rows[move], best[move]] ^= True
+    ends = masks_of(Z)
+    score = surrogate.predict(ends) - incidence(ends, n) @ x
+    out: list[int] = []
+    seen = set(exclude)
+    blocked: list[int] = []
+    for i in np.argsort(-score, kind="stable").tolist():
+        m = ends[i]
+        if m in seen:
+            if m in exclude:
+                blocked.append(m)
+            continue
+        seen.add(m)
+        out.append(m)
+    if len(out) < k and blocked:
+        grand = (1 << n) - 1
+        flips = [m ^ (1 << i) for m in dict.fromkeys(blocked) for i in range(n)]
+        flips = [m for m in dict.fromkeys(flips) if m not in seen and m not in (0, grand)]
+        if flips:
+            fs = surrogate.predict(flips) - incidence(flips, n) @ x
+            out += [flips[i] for i in np.argsort(-fs, kind="stable")[: k - len(out)].tolist()]
+    return out[:k]
+
+
 def local_search(tight: list[int], n: int, exclude: set[int]) -> list[int]:
     """Every 1-bit flip of the tight coalitions (proper, not in ``exclude``)."""
     grand = (1 << n) - 1
@@ -262,13 +456,14 @@ def local_search(tight: list[int], n: int, exclude: set[int]) -> list[int]:
 
 
 def random_masks(rng: np.random.Generator, n: int, k: int) -> list[int]:
-    """``k`` uniform random proper coalitions (each player in with probability 1/2)."""
+    """``k`` uniform random proper coalitions (each player in with probability 1/2), any n."""
     grand = (1 << n) - 1
     out: list[int] = []
-    weights = 1 << np.arange(n, dtype=np.int64)
+    weights = 1 << np.arange(min(n, MAX_VECTOR_PLAYERS), dtype=np.int64)
     while len(out) < k:
         bits = rng.integers(0, 2, size=(k, n), dtype=np.int64)
-        for m in (bits @ weights).tolist():
+        drawn = (bits @ weights).tolist() if n <= MAX_VECTOR_PLAYERS else masks_of(bits)
+        for m in drawn:
             if m not in (0, grand):
                 out.append(int(m))
         if n == 1:
