@@ -190,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="the server's CPU threads")
     parser.add_argument("--timeout", type=float, default=60.0, help="coreopt's --timeout")
     parser.add_argument("--record", action="store_true", help="append to benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="the embedded model's JSON report of the example (coreopt credit ... --llm embedded "
+        "--json-out PATH) instead of computing it here",
+    )
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO_ROOT / "src"))
@@ -212,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="coreopt-real-server-") as tmp:
         folder = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("COREOPT_LLM_")}
-        runs["embedded"] = credit(["--llm", "embedded"], env, folder / "embedded.sqlite")
+        if args.reference is not None:
+            report = json.loads(args.reference.read_text(encoding="utf-8"))
+            runs["embedded"] = {"report": report, "error": "", "rc": 0, "seconds": float("nan")}
+        else:
+            runs["embedded"] = credit(["--llm", "embedded"], env, folder / "embedded.sqlite")
         common = ["--llm", f"openai:{ALIAS}", "--timeout", str(args.timeout)]
         for name, extra in (("server, guarded", []), ("server, --no-verify", ["--no-verify"])):
             with llama_server(args.venv, gguf, folder / "server.log", args.threads) as (url, p):
