@@ -136,6 +136,9 @@ class RetrievalGame:
             + cls.BONUS * np.minimum(cover[:, 0], cover[:, 1])
             - cls.DISTRACTION * distractors / (1.0 + relevant)
         )
+        # the values stand for log-probabilities, which coreopt checks are <= 0: shift the whole
+        # game (every coalition, the empty one included) so that its best value is 0
+        table = table - table.max()
         return cls(n, seed, weights, quality, tuple(kinds), table)
 
     @property
