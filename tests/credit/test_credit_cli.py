@@ -127,7 +127,7 @@ def test_zero_call_budget_is_zero_not_unlimited(fake_server, tmp_path, monkeypat
     assert "--max-calls" in err
     judged = CliRunner().invoke(app, [*base, "--no-cache", "--scoring", "judge"])
     assert judged.exit_code == 1
-    assert "the LLM cache is off: nothing paid for was kept" in judged.stderr
+    assert "the LLM cache is off: no call paid for was kept" in judged.stderr
     assert fake_server.requests == 0
     tokens = CliRunner().invoke(app, [*base[:-2], "--max-tokens", "0", "--no-cache"])
     assert tokens.exit_code == 1

@@ -133,5 +133,5 @@ def test_zero_budget_pays_nothing_and_says_what_was_kept() -> None:
     llm = LLM(CallableBackend(None, score), cache=False)
     with pytest.raises(BudgetExhaustedError, match="at most 0 paid calls") as info:
         assign("q?", ["a", "b"], llm=llm, reference="r", budget=Budget(calls=0))
-    assert "cache is off: nothing paid for was kept" in str(info.value)
+    assert "cache is off: no call paid for was kept" in str(info.value)
     assert calls["n"] == 0

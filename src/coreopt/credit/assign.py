@@ -393,8 +393,10 @@ def assign_items(
         kept = (
             "every call paid for is in the LLM cache"
             if answerer.cache is not None
-            else "the LLM cache is off: nothing paid for was kept"
+            else "the LLM cache is off: no call paid for was kept"
         )
+        if folder is not None:
+            kept += f" (coalition values paid for are in the checkpoint folder {str(folder)!r})"
         raise BudgetExhaustedError(
             f"the LLM budget ({_budget_words(answerer.budget)}) ran out before any query could "
             f"be solved; {kept}"
