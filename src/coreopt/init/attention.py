@@ -197,24 +197,7 @@ def find_attention(
     o = _child_linear(module, _O_NAMES)
     if q is None or k is None or v is None or o is None:
         return None
-    H = _heads(module, H)
-    head_dim = q.out_features // H
-    Hkv_int = int(Hkv) if isinstance(Hkv, int) else k.out_features // head_dim
-    return AttentionProjections(
-        "separate",
-        q.in_features,
-        H,
-        Hkv_int,
-        head_dim,
-        q.weight,
-        k.weight,
-        v.weight,
-        o.weight,
-        q.bias,
-        k.bias,
-        v.bias,
-        o.bias,
-    )
+    return _from_linears("separate", _heads(module, H), Hkv, q, k, v, o)
 
 
 def _from_bert(module: nn.Module, H: object) -> AttentionProjections | None:
@@ -232,12 +215,21 @@ def _from_bert(module: nn.Module, H: object) -> AttentionProjections | None:
     if q is None or k is None or v is None or o is None:
         return None
     H = _heads(module, H if H is not None else _first_attr(inner, _HEADS))
+    return _from_linears("bert", H, H, q, k, v, o)
+
+
+def _from_linears(
+    layout: str, H: int, Hkv: object, q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear
+) -> AttentionProjections:
+    """Projections from four ``nn.Linear`` (``Hkv``: the key/value head count if known)."""
+    head_dim = q.out_features // H
+    Hkv_int = int(Hkv) if isinstance(Hkv, int) else k.out_features // head_dim
     return AttentionProjections(
-        "bert",
+        layout,
         q.in_features,
         H,
-        H,
-        q.out_features // H,
+        Hkv_int,
+        head_dim,
         q.weight,
         k.weight,
         v.weight,
