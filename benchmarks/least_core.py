@@ -309,7 +309,90 @@ def _job_linprog(req: dict[str, Any], tables: _Tables) -> dict[str, Any]:
     }
 
 
+def _structured_value(req: dict[str, Any]) -> Callable[[Sequence[int]], float]:
+    """The issue-17 games from their structure (numpy only): ``v(members)``."""
+    if req["family"] == "coverage":
+        covers = np.asarray(req["covers"], dtype=bool)
+        weight = np.asarray(req["weight"], dtype=np.float64)
+        return lambda members: float(weight[covers[list(members)].any(axis=0)].sum())
+    w = np.asarray(req["weights"], dtype=np.float64)
+    quota = float(req["quota"])
+    return lambda members: float(w[list(members)].sum() >= quota)
+
+
+def _job_pydvl_structured(req: dict[str, Any], tables: _Tables) -> dict[str, Any]:
+    """pyDVL's Monte Carlo least core (``LeastCoreValuation.fit``'s two steps) on a game given
+    by its structure, with ``samples`` value calls."""
+    from pydvl.valuation.games import Game
+    from pydvl.valuation.methods._solve_least_core_problems import lc_solve_problem
+    from pydvl.valuation.methods.least_core import create_least_core_problem
+    from pydvl.valuation.samplers.powerset import NoIndexIteration, UniformSampler
+
+    n = int(req["n"])
+    value = _structured_value(req)
+    calls = [0]
+
+    class StructGame(Game):  # type: ignore[misc]
+        def _score(self, X: Any) -> float:
+            calls[0] += 1
+            members = np.asarray(X[:, 0], dtype=np.int64).tolist()
+            return value(members) if members else 0.0
+
+    game = StructGame(n)
+    sampler = UniformSampler(index_iteration=NoIndexIteration, seed=int(req["seed"]), batch_size=1)
+    utility = game.u.with_dataset(game.data)
+    t0 = time.perf_counter()
+    problem = create_least_core_problem(
+        u=utility, sampler=sampler, n_samples=int(req["samples"]), progress=False
+    )
+    result = lc_solve_problem(
+        problem=problem,
+        u=utility,
+        algorithm="Monte-Carlo-Least-Core",
+        non_negative_subsidy=False,
+        solver_options=None,
+    )
+    x = np.full(n, np.nan)
+    x[np.asarray(result.indices, dtype=np.int64)] = np.asarray(result.values, dtype=np.float64)
+    return {"x": x.tolist(), "calls": calls[0], "seconds": time.perf_counter() - t0}
+
+
+def _job_coopgame_structured(req: dict[str, Any], tables: _Tables) -> dict[str, Any]:
+    """coopgame-py's ``sampled_least_core`` (Yan & Procaccia) on a ``FunctionGame``."""
+    import coopgame
+
+    value = _structured_value(req)
+    game = coopgame.FunctionGame(int(req["n"]), value)
+    seconds, res = _timed(
+        lambda: coopgame.sampled_least_core(game, int(req["pairs"]), seed=int(req["seed"]))
+    )
+    return _coopgame_answer(res, seconds, calls=int(res["evaluations"]))
+
+
+def overhead_value(coalition: Any) -> float:
+    """The plain per-coalition Python function of the overhead table (cheap on purpose)."""
+    return len(coalition) ** 1.5 + (0.5 if 0 in coalition else 0.0)
+
+
+def _job_coopgame_function(req: dict[str, Any], tables: _Tables) -> dict[str, Any]:
+    """coopgame-py's ``Game.from_function`` (every coalition, one Python call each) then its
+    ``least_core``; the two phases timed separately."""
+    import coopgame
+
+    n = int(req["n"])
+    gc.collect()
+    t0 = time.perf_counter()
+    game = coopgame.Game.from_function(n, overhead_value)
+    t1 = time.perf_counter()
+    res = coopgame.least_core(game)
+    t2 = time.perf_counter()
+    return {"x": list(res["allocation"]), "build_s": t1 - t0, "seconds": t2 - t0}
+
+
 _JOBS: dict[str, Callable[[dict[str, Any], _Tables], dict[str, Any]]] = {
+    "pydvl_structured": _job_pydvl_structured,
+    "coopgame_structured": _job_coopgame_structured,
+    "coopgame_function": _job_coopgame_function,
     "versions": _job_versions,
     "pydvl": _job_pydvl,
     "coopgame_exact": _job_coopgame_exact,
@@ -1285,6 +1368,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--issue17":
+        from _least_core_large import issue17_main
+
+        raise SystemExit(issue17_main(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "--anchor-worker":
         raise SystemExit(anchor_worker())
     if len(sys.argv) > 2 and sys.argv[1] == "--large-case":

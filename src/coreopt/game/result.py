@@ -58,12 +58,13 @@ class LeastCoreConfig:
             ``exp(clip((excess - max excess) / std(excess), -focus, 0))``: coalitions near tight
             count up to ``e^focus`` times more than far ones (``0``: unweighted fit).
         surrogate_solver: how the surrogate is maximised: ``"auto"`` (enumeration for
-            n <= ``enumerate_max_n``, ``"mincut"`` up to 30 players, else ``"ascent"``),
+            n <= ``enumerate_max_n``, else ``"ascent"``),
             ``"enumerate"``, ``"milp"`` (HiGHS,
             capped in branch-and-bound nodes), ``"mincut"`` (exact when the surrogate is
             supermodular, else MILP) or ``"ascent"`` (the min-cut's maximiser when supermodular,
-            plus steepest 1-flip ascents on the surrogate from the LP's tight rows and last
-            round's violated ones: a fixed amount of work, for any n). A surrogate without pairs
+            plus steepest 1-flip ascents on the surrogate from the LP's tight rows, last
+            round's violated ones and 64 seeded random coalitions: a fixed amount of work, for
+            any n). A surrogate without pairs
             (``"size"``, ``"linear"``) is maximised exactly by sorting.
         enumerate_max_n: largest n for which the surrogate is maximised by enumeration and the
             tie-broken payoff is the separation target each round (above it the target is the

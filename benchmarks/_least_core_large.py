@@ -1,0 +1,255 @@
+"""Issue 17 tables of ``benchmarks/least_core.py --issue17``: large n audited exactly, any n, and
+the per-call overhead of exact mode with a plain Python function.
+
+1. **n = 40, 5,000 calls** (``--quick``: n = 24, 1,000 calls), coverage and weighted-voting games
+   (seed 0): e* computed exactly by constraint generation with an exact MILP separation on the
+   true game (``_least_core_milp``), and every payoff's TRUE requirement ``max_S v(S) - x(S)``
+   audited by the same MILP. coreopt ``least_core`` (default options) against pyDVL's Monte Carlo
+   least core and coopgame-py's ``sampled_least_core`` given the calls coreopt used.
+2. **Any n**: coreopt alone at n = 100, 200, 1,000 (``--quick``: 100) on the same families with
+   3,000 calls: time, solver time per value call, the certified lower bound ``epsilon`` and the
+   payoff's requirement audited by the MILP (``(audit - epsilon) / |epsilon|`` bounds the payoff's
+   excess over e* from above).
+3. **Per-call overhead**: exact mode with a plain per-coalition Python function
+   (``overhead_value``) at n = 16 and 20, against coopgame-py's ``Game.from_function`` plus its
+   ``least_core`` (imputations, no tie-break on either side), interleaved, best of two.
+
+Run from the repository root: ``python benchmarks/least_core.py --issue17 [--quick]
+[--skip-anchors]``; prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _least_core_milp import coverage_separator, exact_epsilon, voting_separator
+
+
+def _structure(family: str, n: int) -> dict[str, Any]:
+    from coreopt.game import games
+
+    if family == "coverage":
+        covers, weight = games.coverage_structure(n)
+        return {"family": family, "covers": covers.tolist(), "weight": weight.tolist()}
+    w, quota = games.random_voting_weights(n, 0)
+    return {"family": family, "weights": w.tolist(), "quota": quota}
+
+
+def _separator(family: str, n: int, value_of: Any) -> Any:
+    from coreopt.game import games
+
+    if family == "coverage":
+        return coverage_separator(*games.coverage_structure(n), value_of)
+    return voting_separator(*games.random_voting_weights(n, 0), value_of)
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def issue17_main(argv: list[str]) -> int:
+    """Print the three tables (see the module docstring)."""
+    from least_core import DEFAULT_VENV, AnchorWorker, overhead_value
+
+    import coreopt
+    from coreopt.game.games import BENCHMARK_FAMILIES
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-anchors", action="store_true")
+    parser.add_argument("--anchor-python", default=None)
+    parser.add_argument("--tables", default="1,2,3", help="which tables, e.g. 1,3")
+    args = parser.parse_args(argv)
+    which = {int(t) for t in args.tables.split(",")}
+    n40, budget = (24, 1000) if args.quick else (40, 5000)
+    any_sizes = (100,) if args.quick else (100, 200, 1000)
+    worker = None
+    tmp = tempfile.TemporaryDirectory(prefix="coreopt-issue17-")
+    if not args.skip_anchors:
+        python = Path(
+            args.anchor_python
+            or os.environ.get("COREOPT_BENCH_VENV", str(DEFAULT_VENV)) + "/bin/python"
+        )
+        if python.exists():
+            worker = AnchorWorker(python, Path(tmp.name) / "worker.log")
+    load0 = os.getloadavg()[0]
+    out: list[str] = []
+
+    if 1 in which:
+        out += [
+            f"### n = {n40}, {budget} value calls: the payoff's true requirement "
+            "(exact MILP audit)",
+            "",
+            _row(["game", "solver", "calls", "requirement", "e* (exact)", "over e*", "seconds"]),
+            _row(["---"] * 7),
+        ]
+        for family in ("coverage", "voting"):
+            game = BENCHMARK_FAMILIES[family](n40, 0)
+            value_of = game.value_of_mask
+            sep = _separator(family, n40, value_of)
+            t0 = time.perf_counter()
+            e_star, rounds = exact_epsilon(n40, value_of((1 << n40) - 1), value_of, sep)
+            t_e = time.perf_counter() - t0
+            label = f"{family} n={n40}"
+            t0 = time.perf_counter()
+            res = coreopt.least_core(game, n40, budget=budget, mode="approximate", progress=False)
+            secs = time.perf_counter() - t0
+            audit = sep(res.x)[0]
+            per_call = 1e3 * (secs - res.timings["value"]) / res.value_calls
+            out.append(
+                _row(
+                    [
+                        label,
+                        "coreopt least_core (default)",
+                        str(res.value_calls),
+                        f"{audit:.6g}",
+                        f"{e_star:.6g}",
+                        f"{(audit - e_star) / abs(e_star):+.2%}",
+                        f"{secs:.1f} (solver {per_call:.2f} ms/call)",
+                    ]
+                )
+            )
+            calls = res.value_calls
+            struct = {**_structure(family, n40), "n": n40, "seed": 0}
+            for name, job in (
+                ("pyDVL Monte Carlo least core", {"job": "pydvl_structured", "samples": calls}),
+                (
+                    "coopgame-py sampled_least_core",
+                    {"job": "coopgame_structured", "pairs": max(1, (calls - n40 - 1) // 2)},
+                ),
+            ):
+                if worker is None:
+                    out.append(
+                        _row([label, name, "-", "skipped (no anchor environment)", "", "", ""])
+                    )
+                    continue
+                ans = worker.request({**struct, **job}, timeout=1800)
+                if "error" in ans:
+                    out.append(_row([label, name, "-", ans["error"][:80], "", "", ""]))
+                    continue
+                x = np.asarray(ans["x"], dtype=np.float64)
+                a = sep(x)[0]
+                out.append(
+                    _row(
+                        [
+                            label,
+                            name,
+                            str(ans.get("calls", "?")),
+                            f"{a:.6g}",
+                            f"{e_star:.6g}",
+                            f"{(a - e_star) / abs(e_star):+.2%}",
+                            f"{ans['seconds']:.1f}",
+                        ]
+                    )
+                )
+            print(
+                f"[issue17] {label}: e* {e_star:.6g} ({rounds} MILP rounds, {t_e:.0f} s)",
+                file=sys.stderr,
+            )
+        out.append("")
+
+    if 2 in which:
+        out += [
+            "### Any n: coreopt alone, 3,000 value calls, payoff audited by the exact MILP",
+            "",
+            _row(
+                [
+                    "game",
+                    "calls",
+                    "seconds",
+                    "solver ms/call",
+                    "epsilon (lower bound)",
+                    "requirement (audit)",
+                    "(audit - eps)/|eps|",
+                ]
+            ),
+            _row(["---"] * 7),
+        ]
+        for n in any_sizes:
+            for family in ("coverage", "voting"):
+                game = BENCHMARK_FAMILIES[family](n, 0)
+                sep = _separator(family, n, game.value_of_mask)
+                t0 = time.perf_counter()
+                res = coreopt.least_core(game, n, budget=3000, mode="approximate", progress=False)
+                secs = time.perf_counter() - t0
+                audit = sep(res.x)[0]
+                out.append(
+                    _row(
+                        [
+                            f"{family} n={n}",
+                            str(res.value_calls),
+                            f"{secs:.1f}",
+                            f"{1e3 * (secs - res.timings['value']) / res.value_calls:.2f}",
+                            f"{res.epsilon:.6g}",
+                            f"{audit:.6g}",
+                            f"{(audit - res.epsilon) / abs(res.epsilon):+.2%}",
+                        ]
+                    )
+                )
+        out.append("")
+
+    if 3 in which:
+        out += [
+            "### Exact mode with a plain Python function: per-call cost against coopgame-py",
+            "",
+            _row(
+                [
+                    "n",
+                    "calls",
+                    "coreopt s",
+                    "coreopt µs/call",
+                    "coopgame-py s",
+                    "coopgame µs/call",
+                    "coreopt / coopgame",
+                ]
+            ),
+            _row(["---"] * 7),
+        ]
+        for n in (16, 20):
+            best_c = best_g = float("inf")
+            for _ in range(2):
+                t0 = time.perf_counter()
+                coreopt.least_core(
+                    overhead_value, n, mode="exact", tie_break=None, imputation=True, progress=False
+                )
+                best_c = min(best_c, time.perf_counter() - t0)
+                if worker is not None:
+                    ans = worker.request({"job": "coopgame_function", "n": n}, timeout=600)
+                    if "error" not in ans:
+                        best_g = min(best_g, ans["seconds"])
+            calls = (1 << n) - 1
+            g = f"{best_g:.2f}" if best_g < float("inf") else "skipped"
+            gu = f"{1e6 * best_g / calls:.2f}" if best_g < float("inf") else "-"
+            ratio = f"{best_c / best_g:.2f}x" if best_g < float("inf") else "-"
+            out.append(
+                _row(
+                    [
+                        str(n),
+                        str(calls),
+                        f"{best_c:.2f}",
+                        f"{1e6 * best_c / calls:.2f}",
+                        g,
+                        gu,
+                        ratio,
+                    ]
+                )
+            )
+        out.append("")
+
+    if worker is not None:
+        worker.close()
+    tmp.cleanup()
+    out.append(
+        f"Machine: CPU, {os.cpu_count()} cores, shared with other jobs (1-minute load average "
+        f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end); BLAS threads "
+        f"{os.environ.get('OMP_NUM_THREADS', '?')}."
+    )
+    print("\n".join(out))
+    return 0
