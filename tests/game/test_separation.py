@@ -11,8 +11,10 @@ from coreopt.game.separation import (
     SurrogateFit,
     best_by_mincut,
     fit_surrogate,
+    top_by_ascent,
     top_by_enumeration,
     top_by_milp,
+    top_by_size,
 )
 
 
@@ -128,3 +130,46 @@ def test_least_core_runs_through_each_separation_oracle(solver: str) -> None:
     table = game.table()
     requirement = float((table - subset_sums(res.x))[1:-1].max())
     assert requirement <= ref.epsilon + 1e-6 * max(1.0, abs(ref.epsilon))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_size_surrogate_is_maximised_exactly_by_sorting(seed: int) -> None:
+    n = 10
+    rng = np.random.default_rng(200 + seed)
+    masks = all_masks(n)[1:]
+    sizes = incidence(masks, n).sum(axis=1)
+    values = (
+        rng.normal(size=masks.size) + 3.0 * np.sqrt(sizes) + incidence(masks, n) @ rng.random(n)
+    )
+    surrogate = fit_surrogate(masks, values, n, kind="size")
+    assert not surrogate.pairwise
+    x = rng.normal(0.0, 0.5, n)
+    scores = _enumerated_scores(surrogate, x)
+    if surrogate.g is not None:  # the size term, by brute force too
+        scores[1:-1] += surrogate.g[sizes[:-1].astype(int)]
+    order = np.argsort(-scores, kind="stable")
+    got = top_by_size(surrogate, x, 3, set())
+    assert got[0] == int(order[0])
+    # every candidate is the best coalition of its size
+    for m in got:
+        size = bin(m).count("1")
+        same = [int(k) for k in order if bin(int(k)).count("1") == size]
+        assert m == same[0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_surrogate_ascent_ends_at_local_maxima_and_finds_the_global_one(seed: int) -> None:
+    surrogate, x = _random_surrogate(10, 300 + seed, supermodular=False)
+    scores = _enumerated_scores(surrogate, x)
+    best = int(np.argmax(scores))
+    starts = [int(m) for m in np.random.default_rng(seed).integers(1, 1023, 64)]
+    got = top_by_ascent(surrogate, x, 8, set(), starts)
+    assert got
+    assert scores[got[0]] == max(scores[m] for m in got)
+    for m in got:  # no single flip improves an end point
+        flips = [m ^ (1 << i) for i in range(10)]
+        assert all(scores[f] <= scores[m] + 1e-12 for f in flips if f not in (0, 1023))
+    assert got[0] == best  # 64 starts on 10 players reach the global maximum
+    # a known end point is replaced by its best unknown neighbour, never returned
+    again = top_by_ascent(surrogate, x, 8, {best}, starts)
+    assert best not in again
