@@ -39,3 +39,37 @@ def test_least_core_benchmark_quick_smoke() -> None:
     assert "coreopt least_core (approximate, budget 25)" in out
     assert "Device: CPU" in out
     assert "appended to" not in out
+
+
+@pytest.mark.parametrize("family", ["coverage", "voting"])
+def test_exact_milp_audit_matches_enumeration(family: str) -> None:
+    """The n = 40 table's e* and audits come from an exact MILP on the true game: at n = 10 it
+    must reproduce enumeration (e* to 1e-9, and the requirement of random payoffs exactly)."""
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        from _least_core_milp import coverage_separator, exact_epsilon, voting_separator
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+    from coreopt.game import exact_least_core, games
+    from coreopt.game.coalitions import subset_sums
+
+    n = 10
+    game = games.BENCHMARK_FAMILIES[family](n, 0)
+    value_of = game.value_of_mask
+    if family == "coverage":
+        sep = coverage_separator(*games.coverage_structure(n), value_of)
+    else:
+        sep = voting_separator(*games.random_voting_weights(n, 0), value_of)
+    table = game.table()
+    e_star, _ = exact_epsilon(n, table[-1], value_of, sep)
+    ref = exact_least_core(table, tie_break=None).epsilon
+    assert abs(e_star - ref) <= 1e-9 * max(1.0, abs(ref))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x = rng.random(n) * table[-1] / n * 2
+        truth = float((table - subset_sums(x))[1:-1].max())
+        got, mask = sep(x)
+        assert abs(got - truth) <= 1e-9 * max(1.0, abs(truth))
+        assert 0 < mask < (1 << n) - 1
