@@ -1,8 +1,10 @@
 import importlib.metadata
+import importlib.util
 import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from coreopt import __version__
@@ -48,3 +50,18 @@ def test_version_and_help() -> None:
     assert runner.invoke(app, ["version"]).output.strip() == __version__
     result = runner.invoke(app, [])
     assert "info" in result.output
+
+
+def test_info_does_not_mistake_a_stray_folder_for_an_installed_backend(
+    tmp_path, monkeypatch
+) -> None:
+    # a folder named like an optional backend (here "pydvl", not installed in the test env) in the
+    # working directory imports as a namespace package; it must not be reported as installed
+    from coreopt import _info
+
+    if importlib.metadata.packages_distributions().get("pydvl"):
+        pytest.skip("pydvl is installed here")
+    (tmp_path / "pydvl").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert importlib.util.find_spec("pydvl") is not None  # the stray folder is importable
+    assert _info.gather().backends["pydvl"] is None

@@ -59,8 +59,15 @@ def gather() -> EnvironmentInfo:
         packages={name: _version(name) for name in CORE_PACKAGES},
     )
     for dist, (module, _extra) in OPTIONAL_BACKENDS.items():
-        found = importlib.util.find_spec(module) is not None
-        info.backends[dist] = (_version(dist) or "installed") if found else None
+        # installed = distribution metadata AND an importable module: a stray folder named like
+        # the module in the working directory (a namespace package) is not an installation
+        version = _version(dist)
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        found = version is not None and spec is not None
+        info.backends[dist] = version if found else None
     import torch
 
     from coreopt.objective.device import resolve_device

@@ -47,7 +47,28 @@ def test_logprob_credit_with_a_callable_backend() -> None:
     assert q.result.epsilon == pytest.approx(0.0, abs=1e-6)
     assert res.status == Status.CONVERGED
     assert "wiki" in res.table()
+    assert "epsilon = 0 (exact)" in res.table() or "epsilon = -0 (exact)" in res.table()
     json.dumps(res.to_json())
+
+
+def test_an_approximate_certificate_is_never_printed_as_an_interval() -> None:
+    # only e* >= epsilon is certified when some coalitions were never evaluated: the table must
+    # not print [epsilon, epsilon_upper] as if the true requirement were known to lie inside
+    llm = LLM(CallableBackend(lambda p: "1889", useful_words, model="script"), cache=False)
+    sources = {**SOURCES, **{f"filler{i}": f"Unrelated note number {i}." for i in range(8)}}
+    res = assign(
+        "When was the Eiffel Tower completed?",
+        sources,
+        llm=llm,
+        progress=False,
+        mode="approximate",
+    )
+    q = res.queries[0]
+    assert not q.result.exact
+    line = next(x for x in res.table().splitlines() if x.startswith("query"))
+    assert " in [" not in line, line
+    assert "NOT certified" in line, line
+    assert "e* >= " in line, line
 
 
 def test_judge_scoring_through_the_real_openai_client(fake_server, tmp_path) -> None:

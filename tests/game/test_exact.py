@@ -1,4 +1,5 @@
-"""Exact least core on games with closed-form answers (papers.md §1), and LP certificates."""
+"""Exact least core on games with closed-form answers (derived in coreopt.game.games), and LP
+certificates."""
 
 import math
 

@@ -19,7 +19,7 @@ def _symmetric_requirement(f: np.ndarray, x: np.ndarray) -> float:
 
 @pytest.mark.parametrize("n", [100, pytest.param(200, marks=pytest.mark.slow)])
 def test_additive_game_beyond_64_players_pays_each_its_weight(n: int) -> None:
-    # e* = 0 and the unique least-core point is x = a (papers.md §1): the singletons and the
+    # e* = 0 and the unique least-core point is x = a (additive game): the singletons and the
     # efficiency row pin it, whatever the separation does (up to the tie-break's slack, 1e-10
     # of the scale per coalition, spread over n players)
     a = np.random.default_rng(n).random(n)

@@ -126,9 +126,15 @@ class CreditResult:
             lines.append(f"{sid!s:<{width}}  {c:>10.4f}  {self.share[sid]:>7.1%}")
         for q in self.queries:
             r = q.result
+            if r.exact:  # every coalition evaluated: epsilon is certified optimal
+                cert = f"epsilon = {r.epsilon:.4g} (exact)"
+            else:  # only a lower bound is certified; unseen coalitions may need more
+                cert = (
+                    f"e* >= {r.epsilon:.4g} (certified), payoff needs >= {r.epsilon_upper:.4g} "
+                    "over the evaluated coalitions (NOT certified)"
+                )
             lines.append(
-                f"query {q.query[:48]!r}: epsilon in [{r.epsilon:.4g}, {r.epsilon_upper:.4g}]"
-                f"{' (exact)' if r.exact else ''}, {r.value_calls} value calls, {r.status.value}"
+                f"query {q.query[:48]!r}: {cert}, {r.value_calls} value calls, {r.status.value}"
             )
         for query in self.unsolved:
             lines.append(f"query {query[:48]!r}: unsolved, the LLM budget ran out first")

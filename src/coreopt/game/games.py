@@ -65,7 +65,8 @@ def _sizes(masks: npt.NDArray[np.int64], n: int) -> npt.NDArray[np.int64]:
 def symmetric(f: Callable[[int], float] | Sequence[float], n: int, name: str = "symmetric") -> Game:
     """Symmetric game ``v(S) = f(|S|)`` (``f(0)`` should be 0).
 
-    Closed form (papers.md §1): ``e* = max_{1<=s<=n-1} [f(s) - s f(n) / n]`` with the equal split.
+    Closed form (by symmetry the equal split is in the least core, since the LP's feasible set is
+    convex and invariant under permutations): ``e* = max_{1<=s<=n-1} [f(s) - s f(n) / n]``.
     """
     fs = np.array([f(s) for s in range(n + 1)] if callable(f) else list(f), dtype=np.float64)
     if fs.shape != (n + 1,):
@@ -114,8 +115,9 @@ def additive(weights: Sequence[float]) -> Game:
 def glove(left: int, right: int) -> Game:
     """Glove game: players ``0..left-1`` hold left gloves, the rest right gloves; a pair is worth 1.
 
-    ``v(S) = min(#left in S, #right in S)``. Known answers (papers.md §1): one of each,
-    ``e* = -1/2`` with payoff ``(1/2, 1/2)``; balanced with ``k >= 2`` of each, ``e* = 0``.
+    ``v(S) = min(#left in S, #right in S)``. Known answers (checked by enumeration in the tests):
+    one of each, ``e* = -1/2`` with payoff ``(1/2, 1/2)``; balanced with ``k >= 2`` of each,
+    ``e* = 0``.
     """
     if left < 1 or right < 1:
         raise ValueError("glove games need at least one left and one right glove")

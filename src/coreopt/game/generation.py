@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from coreopt.game.coalitions import mask_array, members
-from coreopt.game.lp import LeastCoreLP, LPSolution
+from coreopt.game.lp import LeastCoreLP, LPSolution, new_highs
 from coreopt.game.rows import ExplicitRows, TableRows, most_violated, span_residual
 
 Source = TableRows | ExplicitRows
@@ -190,9 +190,7 @@ def _qp_highs(
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
     """``argmin ½||x||²`` s.t. ``1·x = v(N)``, ``rows @ x >= rhs`` on HiGHS: ``(x, |multipliers|)``
     of ``rows``, or ``None`` when HiGHS does not report an optimum."""
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("threads", 1)
+    h = new_highs()
     empty = np.array([], dtype=np.int32)
     h.addCols(n, np.zeros(n), np.full(n, -_INF), np.full(n, _INF), 0, empty, empty, np.array([]))
     idx = np.arange(n, dtype=np.int32)
@@ -316,9 +314,7 @@ class IncrementalMinNorm:
 
         self.n = n
         self._members = members
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
-        h.setOptionValue("threads", 1)
+        h = new_highs()
         empty = np.array([], dtype=np.int32)
         lo = np.where(np.isfinite(x_lower), x_lower, -_INF)
         h.addCols(n, np.zeros(n), lo, np.full(n, _INF), 0, empty, empty, np.array([]))

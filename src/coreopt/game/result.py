@@ -21,7 +21,8 @@ class LeastCoreConfig:
     """Options of :func:`coreopt.least_core`. Validated on construction.
 
     ``proper``, ``nonnegative``, ``imputation`` and ``normalize`` are the conventions of the LP
-    (papers.md §1: tools differ, so each is explicit); the other fields tune the solver.
+    (pyDVL, coopgame-py and the literature differ, so each is explicit); the other fields tune
+    the solver.
 
     Attributes:
         proper: constraints on proper coalitions only (default). ``False`` adds the grand

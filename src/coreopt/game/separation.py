@@ -1,6 +1,7 @@
 """Separation oracles for approximate mode: propose coalitions S likely to maximise v(S) - x(S).
 
-``v`` is a black box, so candidates come from a portfolio (papers.md §1, step 3):
+``v`` is a black box, so candidates come from a portfolio (our reconstruction of the separation
+step of Harris, Prasad & Trockman 2026, *In-Context Credit Assignment via the Core*):
 
 * a *surrogate* ``v̂(S) = c + a·1_S + Σ_{i<j} b_ij 1_i 1_j`` fitted by ridge least squares on every
   evaluated coalition and maximised exactly against ``x``: by enumeration of all masks for small n,
@@ -20,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from coreopt.game.coalitions import MAX_VECTOR_PLAYERS, incidence, masks_of, popcounts, subset_sums
+from coreopt.game.lp import new_highs
 
 SIZE_KNOTS = 8
 """Hinge functions ``max(0, |S| - t)`` of the ``"size"`` surrogate, at evenly spaced sizes t."""
@@ -283,9 +285,7 @@ def top_by_milp(
     inf = highspy.kHighsInf
     iu, ju = np.nonzero(np.abs(np.triu(surrogate.b, 1)) > 1e-15)
     pairs = list(zip(iu.tolist(), ju.tolist(), strict=True))
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("threads", 1)
+    h = new_highs()
     h.setOptionValue("random_seed", 0)
     h.setOptionValue("mip_max_nodes", int(max_nodes))
     ncol = n + len(pairs)

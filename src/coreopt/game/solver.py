@@ -1,10 +1,12 @@
 """``coreopt.least_core``: least-core credit assignment with as few value calls as possible.
 
 Exact mode evaluates every coalition and solves the LP over the full table (certified optimal).
-Approximate mode is constraint generation (papers.md §1, *reconstructed*): seed rows, solve the
-restricted LP on HiGHS (its value is a certified lower bound on e*), propose coalitions with the
-separation portfolio, evaluate them in one batch, add every evaluated coalition as a row, and stop
-when a round's candidates and fresh uniform probes show no violation, or the budget is spent.
+Approximate mode is constraint generation, after Harris, Prasad & Trockman 2026, *In-Context
+Credit Assignment via the Core* (the paper's full algorithm was not available to us, so the steps
+are our reconstruction): seed rows, solve the restricted LP on HiGHS (its value is a certified
+lower bound on e*), propose coalitions with the separation portfolio, evaluate them in one batch,
+add every evaluated coalition as a row, and stop when a round's candidates and fresh uniform
+probes show no violation, or the budget is spent.
 """
 
 from __future__ import annotations
