@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from coreopt.game.coalitions import Players
-from coreopt.game.oracle import VectorizedValue
+from coreopt.game.oracle import PlainCalls, VectorizedValue
 
 FORMAT = "coreopt.least_core/1"
 """Format tag written to (and required in) a checkpoint file."""
@@ -235,9 +235,16 @@ class PaidLedger:
         self.paid: dict[frozenset[Hashable], Any] = {}
         """Raw values as returned (validated when read: the oracle rejects bad ones itself)."""
         self.stop = threading.Event()
+        self.stopping: list[int] = []
+        """Non-empty once :meth:`halt` was called (a cheaper test than ``stop`` in hot loops)."""
         self.interrupted: int | None = None
         """The signal that stopped the solve (``signal.SIGINT``/``SIGTERM``), if any."""
         self._active: set[Any] = set()
+
+    def halt(self, signum: int = 0) -> None:
+        """Stop queued and future value calls (the calls in flight finish and are kept)."""
+        self.stopping.append(signum)
+        self.stop.set()
 
     @property
     def in_flight(self) -> int:
@@ -351,6 +358,10 @@ class PaidLedger:
             paid[coalition] = out
             return out
 
+        # exact mode's hot loop calls value_fn itself and stores each value in its memo
+        fast_value.plain_calls = PlainCalls(  # type: ignore[attr-defined]
+            value_fn, active, self.stopping, _Stopped
+        )
         return fast_value
 
     @contextlib.contextmanager
@@ -369,7 +380,7 @@ class PaidLedger:
             """True: raise now; False: let the calls in flight finish first (they are paid)."""
             first = self.interrupted is None
             self.interrupted = signum
-            self.stop.set()
+            self.halt(signum)
             return not first or self.in_flight == 0
 
         def on_int(signum: int, frame: FrameType | None) -> None:

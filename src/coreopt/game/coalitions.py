@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 MAX_VECTOR_PLAYERS = 62
+_SplitTables = tuple[list[frozenset[Hashable]], list[frozenset[Hashable]], int]
 """Largest n whose masks fit in int64 (sign bit and one spare bit kept free): the fast path."""
 
 
@@ -66,6 +67,7 @@ class Players:
             index[label] = i
         self.labels: tuple[Hashable, ...] = tuple(labels)
         self._index = index
+        self._split: _SplitTables | None = None
         # labels of every byte value at every byte position: coalition() joins <= n/8 tuples
         n = len(labels)
         self._byte_labels = [
@@ -77,6 +79,25 @@ class Players:
     def n(self) -> int:
         """Number of players."""
         return len(self.labels)
+
+    def split_tables(
+        self,
+    ) -> _SplitTables | None:
+        """``(low, high, k)`` with ``coalition(m) == low[m & (2**k - 1)] | high[m >> k]`` for every
+        mask, or ``None`` above 24 players (tables of at most 4,096 frozensets each).
+
+        Exact mode's hot loop builds one coalition per call from these two lookups (a union of
+        two frozensets costs less than building one from a tuple).
+        """
+        n = self.n
+        if n > 24:
+            return None
+        if self._split is None:
+            k = (n + 1) // 2
+            low = [frozenset(self.labels[i] for i in members(m)) for m in range(1 << k)]
+            high = [frozenset(self.labels[k + i] for i in members(m)) for m in range(1 << (n - k))]
+            self._split = (low, high, k)
+        return self._split
 
     @property
     def grand(self) -> int:

@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, cast
 
 import numpy as np
@@ -153,6 +154,25 @@ def vectorized(
     return VectorizedValue(fn, form, batch_size)
 
 
+@dataclass(frozen=True)
+class PlainCalls:
+    """A sync value function the oracle may call in a tight loop (exact mode's hot path).
+
+    Attributes:
+        fn: the caller's ``v(frozenset_of_labels) -> float``, unwrapped.
+        in_flight: a set holding a token while the loop runs, so that a first SIGINT/SIGTERM lets
+            the current call finish (it is paid for) instead of interrupting it.
+        stopping: a list that becomes non-empty once the solve is being interrupted; the loop
+            then raises ``stopped()`` before the next call.
+        stopped: the exception raised in place of the calls that give up.
+    """
+
+    fn: Callable[[frozenset[Hashable]], Any]
+    in_flight: set[Any]
+    stopping: list[Any]
+    stopped: type[BaseException]
+
+
 class ValueOracle:
     """Evaluates ``value_fn`` on coalitions given as masks, once each, within a budget.
 
@@ -217,8 +237,9 @@ class ValueOracle:
 
     @property
     def values(self) -> dict[frozenset[Hashable], float]:
-        """Every value known so far, keyed by coalition."""
-        return {self.players.coalition(m): v for m, v in self.cache.items()}
+        """Every value known so far, keyed by coalition (safe to read from another thread while
+        calls are being stored: the memo is copied first, in one step under the GIL)."""
+        return {self.players.coalition(m): v for m, v in dict(self.cache).items()}
 
     def __contains__(self, mask: int) -> bool:
         return mask in self.cache
@@ -229,14 +250,11 @@ class ValueOracle:
         Returns:
             The masks newly evaluated (a prefix of the unknown ones, when the budget cuts it).
         """
-        todo: list[int] = []
-        seen: set[int] = set()
-        for m in masks:
-            m = int(m)
-            if m in self.cache or m in seen:
-                continue
-            seen.add(m)
-            todo.append(m)
+        cache = self.cache
+        if isinstance(masks, range):  # distinct ints already (exact mode's table sweep)
+            todo = [m for m in masks if m not in cache]
+        else:
+            todo = [m for m in dict.fromkeys(map(int, masks)) if m not in cache]
         if self.remaining is not None:
             todo = todo[: max(self.remaining, 0)]
         if not todo:
@@ -311,6 +329,10 @@ class ValueOracle:
         lookup, the call, a type check and a dict store; the retry machinery and the full value
         check run only when a call raises or returns anything but a finite ``float``.
         """
+        plain: PlainCalls | None = getattr(self.value_fn, "plain_calls", None)
+        if plain is not None and self.players.n <= 24:
+            self._run_plain(todo, plain)
+            return
         fn = self.value_fn
         coalition = self.players.coalition
         cache = self.cache
@@ -334,6 +356,53 @@ class ValueOracle:
             else:
                 cache[m] = self._check(m, out)
             self.calls += 1
+
+    def _run_plain(self, todo: list[int], plain: PlainCalls) -> None:
+        """:meth:`_run_sequential` without the per-call wrapper: the caller's function on
+        coalitions built from two table lookups, each value stored as it returns (so an
+        interruption from any thread finds it in the memo). A call that raises, and a value that
+        is not a finite ``float``, go through the general path (retries, checks), then the loop
+        goes on after it."""
+        tables = self.players.split_tables()
+        assert tables is not None  # guarded by the caller (n <= 24)
+        low, high, k = tables
+        low_mask = (1 << k) - 1
+        fn, stopping, cache, isfinite = plain.fn, plain.stopping, self.cache, math.isfinite
+        token = object()
+        plain.in_flight.add(token)
+        before = len(cache)  # the masks are new and distinct: each value stored is one call
+        checking = False
+        try:
+            while len(cache) - before < len(todo):
+                try:
+                    for m in todo[len(cache) - before :]:
+                        if stopping:
+                            raise plain.stopped()
+                        out = fn(low[m & low_mask] | high[m >> k])
+                        if type(out) is float and isfinite(out):
+                            cache[m] = out
+                        else:
+                            checking = True
+                            cache[m] = self._check(m, out)  # ints pass; bad values raise
+                            checking = False
+                except BudgetExhaustedError:
+                    self.exhausted = True
+                    return
+                except Exception as exc:
+                    if checking:  # a returned value is not a number: no retry
+                        raise
+                    m = todo[len(cache) - before]
+                    if self.retries == 0:
+                        raise self._fail(m, exc) from exc
+                    time.sleep(self.retry_delay)
+                    try:
+                        cache[m] = self._check(m, self._call_sync(m, first=1))
+                    except BudgetExhaustedError:
+                        self.exhausted = True
+                        return
+        finally:
+            plain.in_flight.discard(token)
+            self.calls += len(cache) - before
 
     def _run_vector(self, todo: list[int], fn: VectorizedValue) -> None:
         n = self.players.n

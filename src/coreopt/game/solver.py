@@ -32,7 +32,7 @@ from coreopt.game.checkpoint import (
     game_identity,
     interruption,
 )
-from coreopt.game.coalitions import MAX_VECTOR_PLAYERS, Players, all_masks, incidence, mask_array
+from coreopt.game.coalitions import MAX_VECTOR_PLAYERS, Players, incidence, mask_array
 from coreopt.game.exact import apply_tie_break, build_result, make_lp, solve_table, value_unit
 from coreopt.game.generation import IncrementalMinNorm
 from coreopt.game.oracle import ValueFn, ValueOracle, VectorizedValue
@@ -152,8 +152,8 @@ async def aleast_core(
     except asyncio.CancelledError as exc:
         ledger: PaidLedger | None = box.get("ledger")
         if ledger is not None:
-            ledger.stop.set()
-            attach_values(exc, ledger.values(box.get("known")))
+            ledger.halt()
+            attach_values(exc, _all_values(ledger, box.get("known") or {}, box["state"]))
         raise
 
 
@@ -224,14 +224,14 @@ def _solve(
         known = {**on_disk, **known}
     ledger = PaidLedger(players, store)
     known_labels = {players.coalition(m): v for m, v in known.items()}
-    if box is not None:
-        box["ledger"], box["known"] = ledger, known_labels
     state: dict[str, Any] = {}
+    if box is not None:
+        box["ledger"], box["known"], box["state"] = ledger, known_labels, state
     try:
         with ledger.signals(lambda: _all_values(ledger, known_labels, state)):
             res = _solve_known(ledger.wrap(value_fn), players, cfg, known, loop, state, lost)
     except BaseException as exc:
-        ledger.stop.set()  # queued calls give up instead of paying
+        ledger.halt()  # queued calls give up instead of paying
         err = interruption(ledger, exc)
         attach_values(err, _all_values(ledger, known_labels, state))
         if err is exc:
@@ -303,8 +303,12 @@ def _solve_known(
 def _exact(
     oracle: ValueOracle, players: Players, cfg: LeastCoreConfig, t0: float
 ) -> LeastCoreResult:
-    masks = all_masks(players.n)
-    wanted = masks if cfg.normalize else masks[1:]
+    if players.n > MAX_VECTOR_PLAYERS:
+        raise ValueError(
+            f"n={players.n} players: mode='exact' enumerates all 2**n coalitions, which needs "
+            f"n <= {MAX_VECTOR_PLAYERS} (and n <= 30 in practice); approximate mode handles any n"
+        )
+    wanted = range(0 if cfg.normalize else 1, 1 << players.n)  # every mask, in order
     # v(N), v(∅) and the singletons first: a partial table must still support an LP
     first = [players.grand] + ([0] if cfg.normalize else []) + [1 << i for i in range(players.n)]
     bar = tqdm(
@@ -312,19 +316,26 @@ def _exact(
     )
     try:
         bar.update(len(oracle.evaluate(first)))
+        # plain calls: the chunk grows while calls are cheap (a progress update about every 0.2 s)
         chunk = oracle.vector.batch_size if oracle.vector else max(cfg.max_concurrency * 4, 64)
-        for start in range(0, len(wanted), chunk):
-            if oracle.exhausted:
-                break
-            got = oracle.evaluate(wanted[start : start + chunk].tolist())
+        start = 0
+        while start < len(wanted) and not oracle.exhausted:
+            tic = time.perf_counter()
+            got = oracle.evaluate(wanted[start : start + chunk])
+            start += chunk
             bar.update(len(got))
+            if not oracle.vector and got:
+                per_call = (time.perf_counter() - tic) / len(got)
+                chunk = min(max(chunk, int(0.2 / max(per_call, 1e-7))), 1 << 16)
     finally:
         bar.close()
     if oracle.exhausted:  # the value function's own budget ran out: LP over what is known
         return _approximate(oracle, players, cfg, t0, players.grand)
     table = np.zeros(1 << players.n)
-    for m, v in oracle.cache.items():
-        table[m] = v
+    known = dict(oracle.cache)
+    table[np.fromiter(known, dtype=np.int64, count=len(known))] = np.fromiter(
+        known.values(), dtype=np.float64, count=len(known)
+    )
     return solve_table(
         table, players, cfg, value_calls=oracle.calls, value_seconds=oracle.seconds, start=t0
     )
