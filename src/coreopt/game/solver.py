@@ -317,7 +317,7 @@ def _exact(
     try:
         bar.update(len(oracle.evaluate(first)))
         # plain calls: the chunk grows while calls are cheap (a progress update about every 0.2 s)
-        chunk = oracle.vector.batch_size if oracle.vector else max(cfg.max_concurrency * 4, 64)
+        chunk = oracle.vector.batch_size if oracle.vector else max(cfg.max_concurrency * 4, 8)
         start = 0
         while start < len(wanted) and not oracle.exhausted:
             tic = time.perf_counter()
