@@ -8,6 +8,7 @@ points and an optional input transform. ``"rtn"``, ``"hadamard"`` and ``"cafeq"`
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from coreopt.quant.proxy import (
     combine_moments,
     weighted_sq_error,
 )
-from coreopt.quant.rounding import DEFAULT_SHRINK_GRID, gptq, rtn_fit
+from coreopt.quant.rounding import DEFAULT_SHRINK_GRID, gptq, gptq_stacked, rtn_fit
 from coreopt.quant.single import learn_transform
 from coreopt.quant.transforms import (
     apply_blocks,
@@ -48,6 +49,7 @@ __all__ = [
     "register_method",
     "registered_methods",
     "rtn_method",
+    "stack_plain_rounding",
 ]
 
 
@@ -62,6 +64,9 @@ class MatrixTask:
     transform: torch.Tensor | None = None
     """A block transform ``(k, b, b)`` already learned for this matrix (the byte-budget search
     learns it while pricing the options); ``cafeq`` then uses it instead of learning one."""
+    plain: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    """The transform-free GPTQ rounding of this matrix, already computed (by
+    :func:`stack_plain_rounding`, several layers at once); ``cafeq`` then uses it."""
 
 
 @dataclass
@@ -286,11 +291,12 @@ def plain_candidate(
     m: InputMoments | None,
     fmt: QuantFormat,
     cfg: QuantizeConfig,
+    known: Codes | None = None,
 ) -> tuple[float, str, Codes]:
     """The transform-free candidate: ``Wp`` (the weight padded to the group size, ``n`` real
-    columns) rounded against the prior's Hessian ``S`` (GPTQ), or to nearest with a range search.
-    Returns ``(relative proxy, label, codes)``."""
-    c = _round(Wp, S, fmt, cfg)
+    columns) rounded against the prior's Hessian ``S`` (GPTQ), or to nearest with a range search
+    (``known``: that rounding, already computed). Returns ``(relative proxy, label, codes)``."""
+    c = _round(Wp, S, fmt, cfg) if known is None else known
     if S is not None and cfg.rounding == "gptq" and not _is_diagonal(S):
         label = "gptq"
     else:
@@ -324,11 +330,16 @@ def transform_candidate(
 
 
 def cafeq_transform(
-    W: torch.Tensor, m: InputMoments | None, fmt: QuantFormat, cfg: QuantizeConfig, seed: int
+    W: torch.Tensor,
+    m: InputMoments | None,
+    fmt: QuantFormat,
+    cfg: QuantizeConfig,
+    seed: int,
+    stop: Callable[[int, torch.Tensor], bool] | None = None,
 ) -> tuple[torch.Tensor, str]:
     """The block input transform of ``cfg.transform`` (``"learned"`` by :func:`learn_transform`
     from a random block Hadamard, or that Hadamard itself) for ``W``; blocks of
-    ``cfg.block_size``. Returns ``(T, label)``."""
+    ``cfg.block_size``. ``stop``: see :func:`learn_transform`. Returns ``(T, label)``."""
     n = W.shape[1]
     b = cfg.block_size
     gen = torch.Generator().manual_seed(seed)
@@ -342,6 +353,7 @@ def cafeq_transform(
             steps=cfg.steps,
             lr=cfg.lr,
             generator=gen,
+            stop=stop,
         )
         return fit.transform, "learned"
     return random_block_orthogonal(n // b, b, generator=gen, device=W.device), "hadamard"
@@ -388,21 +400,68 @@ def estimate_loss(
     return _proxy(W, _eff(c, g, n, Tq), m)
 
 
+def _plain_problem(
+    t: MatrixTask, cfg: QuantizeConfig
+) -> tuple[torch.Tensor, InputMoments | None, torch.Tensor | None]:
+    """``(Wp, m, S)``: the weight padded to the group size, its prior and the prior's dense
+    Hessian (padded; ``None`` for the identity)."""
+    W = t.weight.float()
+    n = W.shape[1]
+    Wp = pad_columns(W, cfg.format.group_size)
+    m = layer_prior(W, t.moments, cfg.prior)
+    m_pad = _padded_moments(m, n, Wp.shape[1])
+    S = None if m_pad is None or m_pad.is_identity else m_pad.dense().to(W)
+    return Wp, m, S
+
+
+def stack_plain_rounding(
+    jobs: list[tuple[MatrixTask | PairTask, QuantizeConfig]], max_stack: int = 16
+) -> None:
+    """Compute the transform-free GPTQ candidate of every matrix of ``jobs`` that
+    :func:`cafeq_matrix` would round with GPTQ, same-shaped matrices of one format together
+    (:func:`~coreopt.quant.rounding.gptq_stacked`, at most ``max_stack`` at a time), and store it in
+    the task's ``plain`` (a matrix with no same-shaped partner is left to :func:`cafeq_matrix`).
+    The result of each matrix is the one :func:`cafeq_matrix` computes alone; stacking only pays
+    the per-column overhead of the rounding loop once per stack."""
+    groups: dict[tuple[Any, ...], list[tuple[MatrixTask, torch.Tensor, torch.Tensor]]] = {}
+    for task, cfg in jobs:
+        if cfg.rounding != "gptq":
+            continue
+        for t in _as_matrices(task):
+            if t.plain is not None:
+                continue
+            Wp, _m, S = _plain_problem(t, cfg)
+            if S is None or _is_diagonal(S):
+                continue
+            fmt = cfg.format
+            key = (tuple(Wp.shape), Wp.device, fmt, cfg.clip_search)
+            groups.setdefault(key, []).append((t, Wp, S))
+    for (_shape, _dev, fmt, clip), members in groups.items():
+        if len(members) < 2:
+            continue  # nothing to stack: cafeq_matrix rounds it alone
+        grid = DEFAULT_SHRINK_GRID if clip else None
+        for i in range(0, len(members), max_stack):
+            chunk = members[i : i + max_stack]
+            c, s, z = gptq_stacked(
+                torch.stack([w for _, w, _ in chunk]),
+                torch.stack([h for _, _, h in chunk]),
+                fmt,
+                grid=grid,
+            )
+            for j, (t, _, _) in enumerate(chunk):
+                t.plain = (c[j], s[j].float(), z[j].float())
+
+
 def cafeq_matrix(t: MatrixTask, cfg: QuantizeConfig) -> LayerOutcome:
     """One matrix: learned (or Hadamard) block transform + adaptive rounding, against RTN."""
     start = time.perf_counter()
     fmt = cfg.format
-    g = fmt.group_size
     W = t.weight.float()
     n = W.shape[1]
-    Wp = pad_columns(W, g)
-    n_pad = Wp.shape[1]
-    m = layer_prior(W, t.moments, cfg.prior)
-    m_pad = _padded_moments(m, n, n_pad)
-    S = None if m_pad is None or m_pad.is_identity else m_pad.dense().to(W)
+    Wp, m, S = _plain_problem(t, cfg)
     base = _plain_rtn(Wp, fmt)
     cands: list[tuple[float, str, Codes, torch.Tensor | None]] = []
-    loss0, label0, c0 = plain_candidate(Wp, n, S, m, fmt, cfg)
+    loss0, label0, c0 = plain_candidate(Wp, n, S, m, fmt, cfg, t.plain)
     cands.append((loss0, label0, c0, None))
     b = cfg.block_size
     note = ""

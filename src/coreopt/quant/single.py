@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -66,6 +67,7 @@ def learn_transform(
     steps: int = 100,
     lr: float = 3e-3,
     generator: torch.Generator | None = None,
+    stop: Callable[[int, torch.Tensor], bool] | None = None,
 ) -> TransformFit:
     """Learn ``T = blockdiag(T_1..T_k)`` minimising ``||(W - Q(W T⁻¹) T) Σ^{1/2}||²`` through a
     straight-through rounding, with :func:`coreopt.minimize` (Adam, best iterate kept).
@@ -74,6 +76,10 @@ def learn_transform(
     a batched ``b x b`` solve); ``"orthogonal"`` optimizes ``T_j = cayley(skew(A_j)) T_j^0`` with
     :func:`coreopt.manifold.cayley` (``T⁻¹ = Tᵀ``, no solve). The initial ``T^0`` is a random block
     Hadamard (``init="hadamard"``), the identity, or Haar-random orthogonal blocks.
+
+    ``stop(step, T)``, called with the blocks evaluated at each step, ends the run early when it
+    returns True (the best iterate so far is returned); the steps before are those of the full
+    run.
     """
     _out, n = W.shape
     if n % block:
@@ -115,6 +121,14 @@ def learn_transform(
         initial = float(transform_loss(W, T_init, Tinv_init, fmt, moments)) / norm
     if steps == 0:
         return TransformFit(T_init, Tinv_init, initial, initial, 0)
+    callback = None
+    if stop is not None:
+
+        def callback(step: int, _loss: float, P: object) -> bool:
+            assert isinstance(P, torch.Tensor)
+            with torch.no_grad():
+                return bool(stop(step, blocks(P)[0]))
+
     with torch.enable_grad():
         res = minimize(
             cast(Objective, objective),
@@ -127,6 +141,7 @@ def learn_transform(
                 keep_best=True,
                 progress=False,
             ),
+            callback=callback,
         )
     with torch.no_grad():
         T, Tinv = blocks(res.raw_params)  # type: ignore[arg-type]
