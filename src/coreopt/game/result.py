@@ -54,7 +54,9 @@ class LeastCoreConfig:
             (uniform random coalitions).
         surrogate: ``"auto"`` (``"quadratic"`` up to 60 players, ``"size"`` beyond),
             ``"quadratic"`` (pairwise: ``1 + n(n+1)/2`` features), ``"size"`` (linear plus a
-            piecewise-linear function of ``|S|``: ``n + 9`` features) or ``"linear"``.
+            piecewise-linear function of ``|S|``: ``n + 9`` features), ``"quadratic_size"``
+            (both: ``n(n+1)/2 + 9`` features; fits the saturation in ``|S|`` of coverage-like,
+            submodular games) or ``"linear"``.
         surrogate_focus: the surrogate's least-squares weights are
             ``exp(clip((excess - max excess) / std(excess), -focus, 0))``: coalitions near tight
             count up to ``e^focus`` times more than far ones (``0``: unweighted fit).
@@ -71,7 +73,15 @@ class LeastCoreConfig:
             tie-broken payoff is the separation target each round (above it the target is the
             LP's optimum and the tie-break runs once, at the end).
         batch_size: candidate coalitions evaluated per round (one batch of real calls).
-        probes: uniform probes per round.
+        probes: probes per round.
+        probe_sizes: ``"uniform"`` (default: each player in with probability 1/2, so sizes
+            near ``n/2``; these probes also give the out-of-sample estimate) or ``"sized"``
+            (size uniform on ``1..n-1``, then members uniform: reaches the small and large
+            coalitions where submodular games bind; not used for the estimate).
+        neighbourhood_ascent: each round, after the candidates and probes are evaluated,
+            evaluate every unevaluated 1-flip neighbour of this many of them with the largest
+            true excess ``v(S) - x(S)`` at the round's payoff (at most ``n`` real calls each;
+            ``0``: off).
         confirm_probes: when a round's candidates and probes show no violation, this many fresh
             uniform probes must also show none before stopping (a PAC-style check: 300 clean
             probes bound the violated fraction by 1% at 95% confidence). ``0`` skips it.
@@ -103,13 +113,15 @@ class LeastCoreConfig:
     seed_coalitions: tuple[tuple[Hashable, ...], ...] = ()
     complementary_pairs: int = 8
     oracles: tuple[str, ...] = ORACLES
-    surrogate: Literal["auto", "quadratic", "size", "linear"] = "auto"
+    surrogate: Literal["auto", "quadratic", "quadratic_size", "size", "linear"] = "auto"
     surrogate_focus: float = 0.0
     clean_rounds: int = 1
     surrogate_solver: Literal["auto", "enumerate", "milp", "mincut", "ascent"] = "auto"
     enumerate_max_n: int = 20
     batch_size: int = 32
     probes: int = 32
+    probe_sizes: Literal["uniform", "sized"] = "uniform"
+    neighbourhood_ascent: int = 0
     confirm_probes: int = 300
     confirm_ascents: int = 16
     max_rounds: int = 1000
@@ -142,10 +154,13 @@ class LeastCoreConfig:
         bad = [o for o in self.oracles if o not in ORACLES]
         if bad:
             raise ValueError(f"unknown oracles {bad}; expected a subset of {ORACLES}")
-        if self.surrogate not in ("auto", "quadratic", "size", "linear"):
+        if self.surrogate not in ("auto", "quadratic", "quadratic_size", "size", "linear"):
             raise ValueError(
-                f"surrogate={self.surrogate!r}; expected 'auto', 'quadratic', 'size' or 'linear'"
+                f"surrogate={self.surrogate!r}; expected 'auto', 'quadratic', 'quadratic_size', "
+                "'size' or 'linear'"
             )
+        if self.probe_sizes not in ("uniform", "sized"):
+            raise ValueError(f"probe_sizes={self.probe_sizes!r}; expected 'uniform' or 'sized'")
         if self.surrogate_solver not in ("auto", "enumerate", "milp", "mincut", "ascent"):
             raise ValueError(f"surrogate_solver={self.surrogate_solver!r} is unknown")
         for name in (
@@ -161,6 +176,7 @@ class LeastCoreConfig:
             "probes",
             "confirm_probes",
             "confirm_ascents",
+            "neighbourhood_ascent",
             "audit_probes",
             "retries",
             "complementary_pairs",

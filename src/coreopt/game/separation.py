@@ -77,7 +77,12 @@ class Surrogate:
 
 def feature_count(n: int, kind: str) -> int:
     """Number of surrogate features (columns of the design matrix) for ``n`` players."""
-    extra = {"quadratic": n * (n - 1) // 2, "size": SIZE_KNOTS, "linear": 0}[kind]
+    extra = {
+        "quadratic": n * (n - 1) // 2,
+        "quadratic_size": n * (n - 1) // 2 + SIZE_KNOTS,
+        "size": SIZE_KNOTS,
+        "linear": 0,
+    }[kind]
     return 1 + n + extra
 
 
@@ -95,13 +100,14 @@ def _size_basis(sizes: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float6
 
 def _features(masks: npt.ArrayLike, n: int, kind: str) -> npt.NDArray[np.float64]:
     """Design matrix of shape ``(R, feature_count(n, kind))``: ``[1, 1_S]`` then the pairs
-    ``(1_i 1_j)_{i<j}`` (``"quadratic"``) or size hinges (``"size"``)."""
+    ``(1_i 1_j)_{i<j}`` (``"quadratic"``, ``"quadratic_size"``) and/or the size hinges
+    (``"size"``, ``"quadratic_size"``)."""
     inc = incidence(masks, n)
     feats = [np.ones((inc.shape[0], 1)), inc]
-    if kind == "quadratic":
+    if kind in ("quadratic", "quadratic_size"):
         iu = np.triu_indices(n, 1)
         feats.append(inc[:, iu[0]] * inc[:, iu[1]])
-    elif kind == "size":
+    if kind in ("size", "quadratic_size"):
         feats.append(_size_basis(inc.sum(axis=1), n))
     return np.concatenate(feats, axis=1)
 
@@ -109,10 +115,11 @@ def _features(masks: npt.ArrayLike, n: int, kind: str) -> npt.NDArray[np.float64
 def _surrogate_of(coef: npt.NDArray[np.float64], n: int, kind: str) -> Surrogate:
     b = np.zeros((n, n))
     g = None
-    if kind == "quadratic":
-        b[np.triu_indices(n, 1)] = coef[1 + n :]
-    elif kind == "size":
-        g = _size_basis(np.arange(n + 1, dtype=np.float64), n) @ coef[1 + n :]
+    pairs = n * (n - 1) // 2 if kind in ("quadratic", "quadratic_size") else 0
+    if pairs:
+        b[np.triu_indices(n, 1)] = coef[1 + n : 1 + n + pairs]
+    if kind in ("size", "quadratic_size"):
+        g = _size_basis(np.arange(n + 1, dtype=np.float64), n) @ coef[1 + n + pairs :]
     return Surrogate(float(coef[0]), coef[1 : 1 + n].copy(), b, g)
 
 
@@ -148,8 +155,8 @@ def fit_surrogate(
         values: their values, shape ``(R,)``.
         n: number of players.
         kind: ``"linear"`` (``c + a·1_S``), ``"size"`` (linear plus a piecewise-linear function
-            of ``|S|``: ``1 + n + 8`` features, for any n) or ``"quadratic"`` (pairwise:
-            ``1 + n(n+1)/2`` features).
+            of ``|S|``: ``1 + n + 8`` features, for any n), ``"quadratic"`` (pairwise:
+            ``1 + n(n+1)/2`` features) or ``"quadratic_size"`` (both: ``1 + n(n+1)/2 + 8``).
         ridge: Tikhonov weight relative to the mean squared feature norm; keeps an
             under-determined quadratic fit (``R < n(n+1)/2 + 1``) well posed.
         weights: per-coalition weights of the squared errors (``None``: uniform).
@@ -240,10 +247,11 @@ def best_by_mincut(surrogate: Surrogate, x: npt.NDArray[np.float64]) -> int | No
     Minimise ``E(z) = Σ u_i z_i + Σ w_ij z_i z_j`` with ``u = x - a`` and ``w = -b <= 0``; using
     ``z_i z_j = z_i - z_i (1 - z_j)``, ``E`` becomes unary terms plus cut costs ``b_ij`` on edges
     ``i -> j`` (paid when ``i`` is on the source side, ``z_i = 1``, and ``j`` is not).
-    Returns ``None`` if ``b`` has a negative entry or the optimum is the empty or grand coalition.
+    Returns ``None`` if ``b`` has a negative entry, the surrogate has a size term ``g`` (not a
+    cut cost), or the optimum is the empty or grand coalition.
     """
     b = surrogate.b
-    if (b < -1e-12).any():
+    if (b < -1e-12).any() or (surrogate.g is not None and np.any(surrogate.g)):
         return None
     import networkx as nx
 

@@ -467,10 +467,29 @@ def _approximate(
             x_cur = payoff(sol)[0] if loop_qp is None else loop_target(sol)
             level = sol.epsilon + slack
             candidates = _propose(oracle, sol, x_cur, cfg, n, value, frontier, fit)
-            probes = random_masks(rng, n, cfg.probes) if "probes" in cfg.oracles else []
+            probes: list[int] = []
+            if "probes" in cfg.oracles:
+                sized = cfg.probe_sizes == "sized"
+                probes = (
+                    _sized_masks(rng, n, cfg.probes) if sized else random_masks(rng, n, cfg.probes)
+                )
             t_sep += time.perf_counter() - ts
             found, checked_all = check(candidates + probes, x_cur, level)
-            fresh = [m for m in probes if m in oracle]
+            if cfg.neighbourhood_ascent and oracle.remaining != 0:
+                found, complete = _neighbourhoods(
+                    check,
+                    candidates + probes,
+                    found,
+                    cfg.neighbourhood_ascent,
+                    x_cur,
+                    level,
+                    n,
+                    value,
+                    oracle,
+                )
+                checked_all = checked_all and complete
+            # the out-of-sample estimate needs uniform coalitions: sized probes are left out
+            fresh = [m for m in probes if m in oracle] if cfg.probe_sizes == "uniform" else []
             if not found and checked_all and cfg.confirm_probes and oracle.remaining != 0:
                 confirm = random_masks(rng, n, cfg.confirm_probes)
                 found, checked_all = check(confirm, x_cur, level)
@@ -651,6 +670,8 @@ def _propose(
                 solver = "enumerate"
             else:
                 solver = "mincut" if n <= MILP_MAX_N else "ascent"
+        if solver in ("milp", "mincut") and surrogate.g is not None and surrogate.pairwise:
+            solver = "ascent"  # the MILP and the min-cut have no size term g(|S|)
         if solver == "enumerate":
             out += top_by_enumeration(surrogate, x, cfg.batch_size, known)
         elif not surrogate.pairwise and solver in ("ascent", "milp", "mincut"):
@@ -662,7 +683,11 @@ def _propose(
             tight = [int(m) for m in sol.masks[sol.duals > 1e-9]]
             # plus random starts (seeded by the seed and the number of values known: the same
             # run draws the same starts on any machine)
-            extra = random_masks(np.random.default_rng([cfg.seed, len(known)]), n, ASCENT_STARTS)
+            start_rng = np.random.default_rng([cfg.seed, len(known)])
+            if cfg.probe_sizes == "sized":
+                extra = _sized_masks(start_rng, n, ASCENT_STARTS)
+            else:
+                extra = random_masks(start_rng, n, ASCENT_STARTS)
             starts = list(dict.fromkeys(frontier + tight + out + extra))
             out += top_by_ascent(surrogate, x, cfg.batch_size, known | set(out), starts)
         else:
@@ -680,6 +705,44 @@ def _propose(
             flips = [flips[i] for i in order]
         out += flips[: cfg.batch_size]
     return list(dict.fromkeys(out))
+
+
+def _neighbourhoods(
+    check: Callable[[list[int], Any, float], tuple[list[int], bool]],
+    pool: list[int],
+    found: list[int],
+    k: int,
+    x: npt.NDArray[np.float64],
+    level: float,
+    n: int,
+    value: Callable[[int], float],
+    oracle: ValueOracle,
+) -> tuple[list[int], bool]:
+    """One step of true-excess ascent aimed at this round's target ``x``.
+
+    Evaluates every unevaluated 1-flip neighbour (at most ``n`` real calls each) of the ``k``
+    coalitions of ``pool`` (this round's candidates and probes) with the largest true excess
+    ``v(S) - x(S)``. Returns ``found`` joined with the violated neighbours, most violated first,
+    and whether every neighbour could be evaluated within the budget.
+    """
+    grand = (1 << n) - 1
+    done = [m for m in dict.fromkeys(pool) if m in oracle]
+    if not done:
+        return found, True
+    ex = np.array([value(m) for m in done]) - _coalition_sums(x, done, n)
+    complete = True
+    out = list(found)
+    for i in np.argsort(-ex, kind="stable")[:k].tolist():
+        start = done[i]
+        nb = [start ^ (1 << j) for j in range(n)]
+        nb = [m for m in nb if m not in (0, grand) and m not in oracle]
+        more, ok = check(nb, x, level)
+        complete = complete and ok
+        out += [m for m in more if m not in out]
+    if out:
+        ex_out = np.array([value(m) for m in out]) - _coalition_sums(x, out, n)
+        out = [out[i] for i in np.argsort(-ex_out, kind="stable").tolist()]
+    return out, complete
 
 
 def _ascend(
