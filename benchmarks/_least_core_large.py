@@ -6,6 +6,7 @@ the per-call overhead of exact mode with a plain Python function.
    true game (``_least_core_milp``), and every payoff's TRUE requirement ``max_S v(S) - x(S)``
    audited by the same MILP. coreopt ``least_core`` (default options) against pyDVL's Monte Carlo
    least core and coopgame-py's ``sampled_least_core`` given the calls coreopt used.
+   ``--game-seeds 0,1,2`` runs each family's games of those seeds (default: seed 0).
 2. **Any n**: coreopt alone at n = 100, 200, 1,000 (``--quick``: 100) on the same families with
    3,000 calls: time, solver time per value call, the certified lower bound ``epsilon`` and the
    payoff's requirement audited by the MILP (``(audit - epsilon) / |epsilon|`` bounds the payoff's
@@ -32,22 +33,22 @@ import numpy as np
 from _least_core_milp import coverage_separator, exact_epsilon, voting_separator
 
 
-def _structure(family: str, n: int) -> dict[str, Any]:
+def _structure(family: str, n: int, seed: int = 0) -> dict[str, Any]:
     from coreopt.game import games
 
     if family == "coverage":
-        covers, weight = games.coverage_structure(n)
+        covers, weight = games.coverage_structure(n, seed=seed)
         return {"family": family, "covers": covers.tolist(), "weight": weight.tolist()}
-    w, quota = games.random_voting_weights(n, 0)
+    w, quota = games.random_voting_weights(n, seed)
     return {"family": family, "weights": w.tolist(), "quota": quota}
 
 
-def _separator(family: str, n: int, value_of: Any) -> Any:
+def _separator(family: str, n: int, value_of: Any, seed: int = 0) -> Any:
     from coreopt.game import games
 
     if family == "coverage":
-        return coverage_separator(*games.coverage_structure(n), value_of)
-    return voting_separator(*games.random_voting_weights(n, 0), value_of)
+        return coverage_separator(*games.coverage_structure(n, seed=seed), value_of)
+    return voting_separator(*games.random_voting_weights(n, seed), value_of)
 
 
 def _row(cells: list[str]) -> str:
@@ -66,6 +67,9 @@ def issue17_main(argv: list[str]) -> int:
     parser.add_argument("--skip-anchors", action="store_true")
     parser.add_argument("--anchor-python", default=None)
     parser.add_argument("--tables", default="1,2,3", help="which tables, e.g. 1,3")
+    parser.add_argument(
+        "--game-seeds", default="0", help="table 1: game seeds of both families, e.g. 0,1,2"
+    )
     args = parser.parse_args(argv)
     which = {int(t) for t in args.tables.split(",")}
     n40, budget = (24, 1000) if args.quick else (40, 5000)
@@ -90,14 +94,15 @@ def issue17_main(argv: list[str]) -> int:
             _row(["game", "solver", "calls", "requirement", "e* (exact)", "over e*", "seconds"]),
             _row(["---"] * 7),
         ]
-        for family in ("coverage", "voting"):
-            game = BENCHMARK_FAMILIES[family](n40, 0)
+        game_seeds = [int(g) for g in args.game_seeds.split(",")]
+        for family, seed in [(f, g) for f in ("coverage", "voting") for g in game_seeds]:
+            game = BENCHMARK_FAMILIES[family](n40, seed)
             value_of = game.value_of_mask
-            sep = _separator(family, n40, value_of)
+            sep = _separator(family, n40, value_of, seed)
             t0 = time.perf_counter()
             e_star, rounds = exact_epsilon(n40, value_of((1 << n40) - 1), value_of, sep)
             t_e = time.perf_counter() - t0
-            label = f"{family} n={n40}"
+            label = f"{family} n={n40}" + (f" seed {seed}" if seed else "")
             t0 = time.perf_counter()
             res = coreopt.least_core(game, n40, budget=budget, mode="approximate", progress=False)
             secs = time.perf_counter() - t0
@@ -117,7 +122,7 @@ def issue17_main(argv: list[str]) -> int:
                 )
             )
             calls = res.value_calls
-            struct = {**_structure(family, n40), "n": n40, "seed": 0}
+            struct = {**_structure(family, n40, seed), "n": n40, "seed": seed}
             for name, job in (
                 ("pyDVL Monte Carlo least core", {"job": "pydvl_structured", "samples": calls}),
                 (

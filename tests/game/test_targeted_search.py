@@ -142,3 +142,35 @@ def test_bad_probe_sizes_is_refused() -> None:
         coreopt.LeastCoreConfig(probe_sizes="small")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="neighbourhood_ascent"):
         coreopt.LeastCoreConfig(neighbourhood_ascent=-1)
+
+
+@pytest.mark.parametrize("family", ["coverage", "voting"])
+def test_auto_aims_the_search_only_at_games_whose_singletons_outweigh_the_grand_coalition(
+    family: str,
+) -> None:
+    # the rule, computed here from the game itself: Σ v({i}) > v(N) (coverage: yes; weighted
+    # voting: no single player wins). The default run makes exactly the calls of the run with
+    # the options the rule picks, in the same order
+    n = 26
+    game = games.BENCHMARK_FAMILIES[family](n, 1)
+    singles = sum(game.value_of_mask(1 << i) for i in range(n))
+    aimed = singles > game.value_of_mask((1 << n) - 1)
+    assert aimed == (family == "coverage")
+    explicit = (
+        OPTIONS
+        if aimed
+        else {"surrogate": "quadratic", "probe_sizes": "uniform", "neighbourhood_ascent": 0}
+    )
+    other = (
+        {"surrogate": "quadratic", "probe_sizes": "uniform", "neighbourhood_ascent": 0}
+        if aimed
+        else OPTIONS
+    )
+    runs = {}
+    for name, opts in (("auto", {}), ("explicit", explicit), ("other", other)):
+        fn, calls = _recorder(game)
+        res = coreopt.least_core(fn, n, budget=800, mode="approximate", progress=False, **opts)
+        runs[name] = (calls, res.x)
+    assert runs["auto"][0] == runs["explicit"][0]
+    assert np.array_equal(runs["auto"][1], runs["explicit"][1])
+    assert runs["auto"][0] != runs["other"][0]

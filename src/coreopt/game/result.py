@@ -52,7 +52,9 @@ class LeastCoreConfig:
             coalitions, maximised exactly), ``"local_search"`` (1-bit flips of the tight
             coalitions and of last round's violated ones, ranked by the surrogate), ``"probes"``
             (uniform random coalitions).
-        surrogate: ``"auto"`` (``"quadratic"`` up to 60 players, ``"size"`` beyond),
+        surrogate: ``"auto"`` (``"quadratic"`` up to 60 players, ``"size"`` beyond;
+            ``"quadratic_size"`` instead of ``"quadratic"`` where ``probe_sizes="auto"`` picks
+            ``"sized"``),
             ``"quadratic"`` (pairwise: ``1 + n(n+1)/2`` features), ``"size"`` (linear plus a
             piecewise-linear function of ``|S|``: ``n + 9`` features), ``"quadratic_size"``
             (both: ``n(n+1)/2 + 9`` features; fits the saturation in ``|S|`` of coverage-like,
@@ -74,14 +76,18 @@ class LeastCoreConfig:
             LP's optimum and the tie-break runs once, at the end).
         batch_size: candidate coalitions evaluated per round (one batch of real calls).
         probes: probes per round.
-        probe_sizes: ``"uniform"`` (default: each player in with probability 1/2, so sizes
-            near ``n/2``; these probes also give the out-of-sample estimate) or ``"sized"``
-            (size uniform on ``1..n-1``, then members uniform: reaches the small and large
-            coalitions where submodular games bind; not used for the estimate).
+        probe_sizes: ``"uniform"`` (each player in with probability 1/2, so sizes near
+            ``n/2``; these probes also give the out-of-sample estimate), ``"sized"`` (size
+            uniform on ``1..n-1``, then members uniform, for the probes, the complementary-pair
+            seeds and the surrogate ascent's random starts: reaches the small and large
+            coalitions where subadditive games bind; not used for the estimate) or ``"auto"``
+            (default: ``"sized"`` above ``enumerate_max_n`` players when the singletons together
+            are worth more than ``v(N)``, else ``"uniform"``).
         neighbourhood_ascent: each round, after the candidates and probes are evaluated,
             evaluate every unevaluated 1-flip neighbour of this many of them with the largest
             true excess ``v(S) - x(S)`` at the round's payoff (at most ``n`` real calls each;
-            ``0``: off).
+            ``0``: off; ``None``, the default: 1 when ``probe_sizes="auto"`` would pick
+            ``"sized"``, else 0).
         confirm_probes: when a round's candidates and probes show no violation, this many fresh
             uniform probes must also show none before stopping (a PAC-style check: 300 clean
             probes bound the violated fraction by 1% at 95% confidence). ``0`` skips it.
@@ -120,8 +126,8 @@ class LeastCoreConfig:
     enumerate_max_n: int = 20
     batch_size: int = 32
     probes: int = 32
-    probe_sizes: Literal["uniform", "sized"] = "uniform"
-    neighbourhood_ascent: int = 0
+    probe_sizes: Literal["auto", "uniform", "sized"] = "auto"
+    neighbourhood_ascent: int | None = None
     confirm_probes: int = 300
     confirm_ascents: int = 16
     max_rounds: int = 1000
@@ -159,8 +165,14 @@ class LeastCoreConfig:
                 f"surrogate={self.surrogate!r}; expected 'auto', 'quadratic', 'quadratic_size', "
                 "'size' or 'linear'"
             )
-        if self.probe_sizes not in ("uniform", "sized"):
-            raise ValueError(f"probe_sizes={self.probe_sizes!r}; expected 'uniform' or 'sized'")
+        if self.probe_sizes not in ("auto", "uniform", "sized"):
+            raise ValueError(
+                f"probe_sizes={self.probe_sizes!r}; expected 'auto', 'uniform' or 'sized'"
+            )
+        if self.neighbourhood_ascent is not None and self.neighbourhood_ascent < 0:
+            raise ValueError(
+                f"neighbourhood_ascent must be >= 0 or None, got {self.neighbourhood_ascent!r}"
+            )
         if self.surrogate_solver not in ("auto", "enumerate", "milp", "mincut", "ascent"):
             raise ValueError(f"surrogate_solver={self.surrogate_solver!r} is unknown")
         for name in (
@@ -176,7 +188,6 @@ class LeastCoreConfig:
             "probes",
             "confirm_probes",
             "confirm_ascents",
-            "neighbourhood_ascent",
             "audit_probes",
             "retries",
             "complementary_pairs",

@@ -357,11 +357,13 @@ def _approximate(
         )
     if any(m not in oracle for m in first):  # pragma: no cover - guarded by the budget check
         raise ValueError("the budget ran out before v(N) and the singletons were evaluated")
+    cfg = _resolve_search(cfg, n, oracle, grand)
     seeds: list[int] = []
     if "leave_one_out" in cfg.seeds:
         seeds += [grand ^ (1 << i) for i in range(n)]
     if "complementary_pairs" in cfg.seeds:
-        for m in random_masks(rng, n, cfg.complementary_pairs):
+        pair_masks = _sized_masks if cfg.probe_sizes == "sized" else random_masks
+        for m in pair_masks(rng, n, cfg.complementary_pairs):
             seeds += [m, grand ^ m]
     seeds += [players.mask(c) for c in cfg.seed_coalitions]
     seeds = [m for m in seeds if m not in (0, grand)]
@@ -802,6 +804,32 @@ added, in 16 s on a loaded machine (the MILP took minutes there)."""
 QUADRATIC_MAX_N = 60
 """``surrogate="auto"`` fits the pairwise surrogate up to this many players (1,831 features),
 and the ``"size"`` surrogate (``n + 9`` features) beyond."""
+
+
+def _resolve_search(
+    cfg: LeastCoreConfig, n: int, oracle: ValueOracle, grand: int
+) -> LeastCoreConfig:
+    """``cfg`` with the ``"auto"`` search options resolved from ``v(N)`` and the singletons.
+
+    A game whose singletons together are worth more than the grand coalition
+    (``Σ v({i}) > v(N)``, after ``v(∅)`` is subtracted when ``normalize``) looks subadditive, like
+    a coverage game: its binding coalitions are small, so above ``enumerate_max_n`` players the
+    search is aimed there (``probe_sizes="sized"``, ``neighbourhood_ascent=1`` and, up to
+    ``QUADRATIC_MAX_N`` players, ``surrogate="quadratic_size"``). Any other game keeps the
+    uniform search. The test uses values already paid for and no random draw.
+    """
+    offset = oracle.cache[0] if cfg.normalize else 0.0
+    singles = sum(oracle.cache[1 << i] - offset for i in range(n))
+    whole = oracle.cache[grand] - offset
+    aimed = n > cfg.enumerate_max_n and singles > whole + 1e-9 * max(1.0, abs(whole))
+    changes: dict[str, Any] = {}
+    if cfg.probe_sizes == "auto":
+        changes["probe_sizes"] = "sized" if aimed else "uniform"
+    if cfg.neighbourhood_ascent is None:
+        changes["neighbourhood_ascent"] = 1 if aimed else 0
+    if cfg.surrogate == "auto" and aimed and n <= QUADRATIC_MAX_N:
+        changes["surrogate"] = "quadratic_size"
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def _surrogate_kind(cfg: LeastCoreConfig, n: int) -> str:
