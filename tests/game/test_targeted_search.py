@@ -174,3 +174,21 @@ def test_auto_aims_the_search_only_at_games_whose_singletons_outweigh_the_grand_
     assert runs["auto"][0] == runs["explicit"][0]
     assert np.array_equal(runs["auto"][1], runs["explicit"][1])
     assert runs["auto"][0] != runs["other"][0]
+
+
+def test_aimed_search_decides_the_same_in_any_units() -> None:
+    # a coverage game (aimed) in units 1e-12 .. 1e12 makes the same calls in the same order and
+    # returns the same payoff, scaled (the rule's margin is relative)
+    n = 24
+    game = games.coverage(n, seed=6)
+    base_calls: list[int] | None = None
+    base_x = None
+    for c in (1e-12, 1.0, 1e12):
+        scaled = games.Game(game.players, lambda m, c=c: c * game.values(m))
+        fn, calls = _recorder(scaled)
+        res = coreopt.least_core(fn, n, budget=700, mode="approximate", progress=False)
+        if base_calls is None:
+            base_calls, base_x = calls, res.x / c
+            continue
+        assert calls == base_calls
+        np.testing.assert_allclose(res.x / c, base_x, rtol=0, atol=1e-7 * np.abs(base_x).max())

@@ -821,7 +821,8 @@ def _resolve_search(
     offset = oracle.cache[0] if cfg.normalize else 0.0
     singles = sum(oracle.cache[1 << i] - offset for i in range(n))
     whole = oracle.cache[grand] - offset
-    aimed = n > cfg.enumerate_max_n and singles > whole + 1e-9 * max(1.0, abs(whole))
+    # relative margin: the same decision in any units (scale invariance)
+    aimed = n > cfg.enumerate_max_n and singles > whole + 1e-9 * max(abs(whole), abs(singles))
     changes: dict[str, Any] = {}
     if cfg.probe_sizes == "auto":
         changes["probe_sizes"] = "sized" if aimed else "uniform"
