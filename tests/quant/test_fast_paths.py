@@ -1,71 +1,21 @@
-"""The shortcuts that make ``coreopt.quantize`` fast, each against the slow path it replaces:
-stacked GPTQ against per-layer GPTQ, and the screen of the byte budget's transform options
-against pricing every option in full."""
+"""The shortcuts that make ``coreopt.quantize`` fast, each against the slow path it replaces: the
+screen of the byte budget's transform options against pricing every option in full, the knee of
+the dual transforms against the full run, the threads of the fan-out."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
 import coreopt
-from coreopt.quant import InputMoments, QuantizeConfig
-from coreopt.quant.format import QuantFormat
-from coreopt.quant.methods import MatrixTask, cafeq_matrix, stack_plain_rounding
-from coreopt.quant.rounding import gptq, gptq_stacked
+from coreopt.quant import QuantizeConfig
 
 QUANTIZE = sys.modules["coreopt.quant.quantize"]
-
-
-def test_gptq_stacked_equals_per_layer_gptq() -> None:
-    # independent layers with their own Hessians (one with a dead input): the stacked loop must
-    # give each layer exactly its own gptq result
-    g = torch.Generator().manual_seed(0)
-    fmt = QuantFormat(3, 32)
-    L, out, n = 4, 24, 128
-    W = torch.randn(L, out, n, generator=g, dtype=torch.float64)
-    A = torch.randn(L, n, 12, generator=g, dtype=torch.float64)
-    H = A @ A.mT + torch.diag_embed(torch.rand(L, n, generator=g, dtype=torch.float64))
-    H[1, 5, :] = 0
-    H[1, :, 5] = 0
-    H[2] *= 1e3  # scales differ across the stack
-    c, s, z = gptq_stacked(W, H, fmt, block_size=64)
-    for i in range(L):
-        ci, si, zi = gptq(W[i], H[i], fmt, block_size=64)
-        assert torch.equal(c[i], ci), i
-        torch.testing.assert_close(s[i], si, rtol=0, atol=0)
-        torch.testing.assert_close(z[i], zi, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="H must have shape"):
-        gptq_stacked(W, H[:2], fmt)
-
-
-def test_stack_plain_rounding_gives_cafeq_matrix_its_own_result() -> None:
-    # same-shaped matrices with non-diagonal priors (GPTQ runs), one with an identity prior (no
-    # GPTQ: left alone) and one of another shape (its own stack)
-    g = torch.Generator().manual_seed(1)
-    cfg = QuantizeConfig(bits=3, group_size=32, transform="identity", prior="structure")
-
-    def task(i: int, out: int, n: int, moments: InputMoments | None) -> MatrixTask:
-        return MatrixTask(f"w{i}", torch.randn(out, n, generator=g), moments, seed=i)
-
-    def low_rank(n: int) -> InputMoments:
-        return InputMoments(torch.rand(n, generator=g) + 0.5, torch.randn(n, 3, generator=g))
-
-    tasks = [task(i, 40, 96, low_rank(96)) for i in range(3)]
-    tasks += [task(3, 40, 96, None), task(4, 16, 64, low_rank(64)), task(5, 16, 64, low_rank(64))]
-    tasks.append(task(6, 8, 64, low_rank(64)))  # no partner: left to cafeq_matrix
-    alone = [cafeq_matrix(t, cfg) for t in tasks]
-    stack_plain_rounding([(t, cfg) for t in tasks], max_stack=2)
-    assert [t.plain is not None for t in tasks] == [True] * 3 + [False] + [True] * 2 + [False]
-    for t, ref in zip(tasks, alone, strict=True):
-        out = cafeq_matrix(t, cfg)
-        assert out.choice == ref.choice == ("gptq" if t.moments is not None else "rtn+clip")
-        assert torch.equal(out.codes, ref.codes), t.name
-        assert torch.equal(out.scale, ref.scale), t.name
-        assert torch.equal(out.zero, ref.zero), t.name
 
 
 class _Outliers(nn.Module):
@@ -116,3 +66,65 @@ def test_budget_screen_keeps_every_transform_the_full_pricing_chooses(
     assert picks == full_picks
     for a, b in zip(weights, full_weights, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_dual_knee_stops_where_the_loss_curve_flattens() -> None:
+    # the knee rule against the full run's own loss curve: the stopped run is the full run cut at
+    # the first step where the best loss fell by less than tol x itself over KNEE_WINDOW steps
+    from coreopt.quant.pairs import KNEE_WINDOW, _adam_best
+
+    target = torch.linspace(-1, 1, 16)
+
+    def traced() -> tuple[list[float], Callable[[torch.Tensor], torch.Tensor]]:
+        seen: list[float] = []
+
+        def f(x: torch.Tensor) -> torch.Tensor:
+            v = ((x - target) ** 2).sum() + 0.1
+            if v.requires_grad:
+                seen.append(float(v.detach()))
+            return v
+
+        return seen, f
+
+    full_seen, f = traced()
+    _, full_loss, initial = _adam_best(f, torch.zeros(16), 200, 0.05)
+    assert len(full_seen) == 200
+    best = [min(full_seen[: i + 1]) for i in range(200)]
+    tol = 0.01
+    stop = next(
+        i for i in range(KNEE_WINDOW, 200) if best[i - KNEE_WINDOW] - best[i] < tol * best[i]
+    )
+    knee_seen, f = traced()
+    _, loss, initial2 = _adam_best(f, torch.zeros(16), 200, 0.05, tol)
+    assert initial2 == initial
+    assert knee_seen == full_seen[: stop + 1]
+    assert loss == best[stop] >= full_loss
+    assert stop < 150
+
+
+def test_fan_out_shares_the_intra_op_threads_between_workers() -> None:
+    # w worker threads each get torch.get_num_threads() // w intra-op threads (no
+    # oversubscription), and the caller's setting is restored afterwards
+    from coreopt.quant import register_method
+    from coreopt.quant.config import _REGISTRY
+    from coreopt.quant.methods import rtn_method
+
+    seen: list[int] = []
+
+    def recording(task: object, cfg: QuantizeConfig) -> list[object]:
+        seen.append(torch.get_num_threads())
+        return rtn_method(task, cfg)  # type: ignore[arg-type]
+
+    before = torch.get_num_threads()
+    register_method("recording", recording)
+    try:
+        torch.set_num_threads(4)
+        for workers, inside in ((2, 2), (4, 1), (1, 4), (8, 1)):
+            seen.clear()
+            net = nn.Sequential(nn.Linear(64, 32), nn.Linear(32, 16))
+            coreopt.quantize(net, bits=4, method="recording", max_workers=workers, progress=False)
+            assert seen == [inside, inside], (workers, seen)
+            assert torch.get_num_threads() == 4
+    finally:
+        _REGISTRY.pop("recording", None)
+        torch.set_num_threads(before)

@@ -164,7 +164,20 @@ def minmax_params(
         representable in ``fmt.scale_dtype``.
     """
     G = _groups(W, fmt.group_size)
-    lo, _raw, scale, _ok = _minmax_fit(G.amin(dim=-1), G.amax(dim=-1), fmt, shrink)
+    return range_params(G.amin(dim=-1), G.amax(dim=-1), fmt, shrink=shrink, zero_point=zero_point)
+
+
+def range_params(
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    fmt: QuantFormat,
+    *,
+    shrink: torch.Tensor | float | None = None,
+    zero_point: Literal["integer", "float"] = "integer",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`minmax_params` from each group's smallest (``lo``) and largest (``hi``) element,
+    for callers that try several ``shrink`` factors on the same groups."""
+    lo, _raw, scale, _ok = _minmax_fit(lo, hi, fmt, shrink)
     zero = -lo / scale
     zero = zero.round() if zero_point == "integer" else zero
     zero = _store(zero.clamp(0, fmt.qmax), fmt.scale_dtype)

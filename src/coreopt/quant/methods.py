@@ -24,7 +24,7 @@ from coreopt.quant.proxy import (
     combine_moments,
     weighted_sq_error,
 )
-from coreopt.quant.rounding import DEFAULT_SHRINK_GRID, gptq, gptq_stacked, rtn_fit
+from coreopt.quant.rounding import DEFAULT_SHRINK_GRID, gptq, rtn_fit
 from coreopt.quant.single import learn_transform
 from coreopt.quant.transforms import (
     apply_blocks,
@@ -49,7 +49,6 @@ __all__ = [
     "register_method",
     "registered_methods",
     "rtn_method",
-    "stack_plain_rounding",
 ]
 
 
@@ -64,9 +63,6 @@ class MatrixTask:
     transform: torch.Tensor | None = None
     """A block transform ``(k, b, b)`` already learned for this matrix (the byte-budget search
     learns it while pricing the options); ``cafeq`` then uses it instead of learning one."""
-    plain: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    """The transform-free GPTQ rounding of this matrix, already computed (by
-    :func:`stack_plain_rounding`, several layers at once); ``cafeq`` then uses it."""
 
 
 @dataclass
@@ -291,12 +287,11 @@ def plain_candidate(
     m: InputMoments | None,
     fmt: QuantFormat,
     cfg: QuantizeConfig,
-    known: Codes | None = None,
 ) -> tuple[float, str, Codes]:
     """The transform-free candidate: ``Wp`` (the weight padded to the group size, ``n`` real
-    columns) rounded against the prior's Hessian ``S`` (GPTQ), or to nearest with a range search
-    (``known``: that rounding, already computed). Returns ``(relative proxy, label, codes)``."""
-    c = _round(Wp, S, fmt, cfg) if known is None else known
+    columns) rounded against the prior's Hessian ``S`` (GPTQ), or to nearest with a range search.
+    Returns ``(relative proxy, label, codes)``."""
+    c = _round(Wp, S, fmt, cfg)
     if S is not None and cfg.rounding == "gptq" and not _is_diagonal(S):
         label = "gptq"
     else:
@@ -414,44 +409,6 @@ def _plain_problem(
     return Wp, m, S
 
 
-def stack_plain_rounding(
-    jobs: list[tuple[MatrixTask | PairTask, QuantizeConfig]], max_stack: int = 16
-) -> None:
-    """Compute the transform-free GPTQ candidate of every matrix of ``jobs`` that
-    :func:`cafeq_matrix` would round with GPTQ, same-shaped matrices of one format together
-    (:func:`~coreopt.quant.rounding.gptq_stacked`, at most ``max_stack`` at a time), and store it in
-    the task's ``plain`` (a matrix with no same-shaped partner is left to :func:`cafeq_matrix`).
-    The result of each matrix is the one :func:`cafeq_matrix` computes alone; stacking only pays
-    the per-column overhead of the rounding loop once per stack."""
-    groups: dict[tuple[Any, ...], list[tuple[MatrixTask, torch.Tensor, torch.Tensor]]] = {}
-    for task, cfg in jobs:
-        if cfg.rounding != "gptq":
-            continue
-        for t in _as_matrices(task):
-            if t.plain is not None:
-                continue
-            Wp, _m, S = _plain_problem(t, cfg)
-            if S is None or _is_diagonal(S):
-                continue
-            fmt = cfg.format
-            key = (tuple(Wp.shape), Wp.device, fmt, cfg.clip_search)
-            groups.setdefault(key, []).append((t, Wp, S))
-    for (_shape, _dev, fmt, clip), members in groups.items():
-        if len(members) < 2:
-            continue  # nothing to stack: cafeq_matrix rounds it alone
-        grid = DEFAULT_SHRINK_GRID if clip else None
-        for i in range(0, len(members), max_stack):
-            chunk = members[i : i + max_stack]
-            c, s, z = gptq_stacked(
-                torch.stack([w for _, w, _ in chunk]),
-                torch.stack([h for _, _, h in chunk]),
-                fmt,
-                grid=grid,
-            )
-            for j, (t, _, _) in enumerate(chunk):
-                t.plain = (c[j], s[j].float(), z[j].float())
-
-
 def cafeq_matrix(t: MatrixTask, cfg: QuantizeConfig) -> LayerOutcome:
     """One matrix: learned (or Hadamard) block transform + adaptive rounding, against RTN."""
     start = time.perf_counter()
@@ -461,7 +418,7 @@ def cafeq_matrix(t: MatrixTask, cfg: QuantizeConfig) -> LayerOutcome:
     Wp, m, S = _plain_problem(t, cfg)
     base = _plain_rtn(Wp, fmt)
     cands: list[tuple[float, str, Codes, torch.Tensor | None]] = []
-    loss0, label0, c0 = plain_candidate(Wp, n, S, m, fmt, cfg, t.plain)
+    loss0, label0, c0 = plain_candidate(Wp, n, S, m, fmt, cfg)
     cands.append((loss0, label0, c0, None))
     b = cfg.block_size
     note = ""

@@ -210,9 +210,11 @@ def learn_pair_transform(
     rope: bool = False,
     steps: int = 100,
     lr: float = 5e-3,
+    tol: float = 0.0,
 ) -> tuple[torch.Tensor, float, float]:
     """Learn the per-head ``M`` (``(n_kv_heads, d, d)``) of a V/O or Q/K pair against the product
-    proxy with straight-through rounding. Returns ``(M, loss, initial_loss)`` (normalised)."""
+    proxy with straight-through rounding (``tol``: stop at the knee, see :func:`_adam_best`).
+    Returns ``(M, loss, initial_loss)`` (normalised)."""
     kv, d = problem.n_kv_heads, problem.head_dim
     ref = problem.producer
     zero_R = torch.zeros_like(problem.reader)
@@ -250,7 +252,7 @@ def learn_pair_transform(
         Pq = fake_quantize(P, fmt, ste=True)
         return problem.loss(Rq, Pq) / norm
 
-    best, loss, initial = _adam_best(objective, start, steps, lr)
+    best, loss, initial = _adam_best(objective, start, steps, lr, tol)
     return to_M(best).detach(), loss, initial
 
 
@@ -387,16 +389,36 @@ def alternating_rounding(
     return PairRounding(best[0], best[1], best_loss, initial, rounds)
 
 
+KNEE_WINDOW = 10
+"""Steps over which :func:`_adam_best` measures the progress of a dual transform's loss."""
+
+
 def _adam_best(
-    objective: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, steps: int, lr: float
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    steps: int,
+    lr: float,
+    tol: float = 0.0,
 ) -> tuple[torch.Tensor, float, float]:
     """``steps`` Adam steps on ``objective`` from ``start`` with :func:`coreopt.minimize`, keeping
     the best iterate. Returns ``(best parameters, best loss, loss at start)``; with ``steps=0``
-    the start itself."""
+    the start itself.
+
+    ``tol > 0`` stops at the knee of the loss curve: when the best loss fell by less than ``tol``
+    times itself over the last :data:`KNEE_WINDOW` steps (the steps before are those of the full
+    run)."""
     with torch.no_grad():
         initial = float(objective(start))
     if steps == 0:
         return start, initial, initial
+    best: list[float] = []
+
+    def knee(step: int, loss: float, _params: object) -> bool:
+        best.append(min(loss, best[-1]) if best else loss)
+        if tol <= 0 or step < KNEE_WINDOW:
+            return False
+        return best[-1 - KNEE_WINDOW] - best[-1] < tol * best[-1]
+
     with torch.enable_grad():
         res = minimize(
             cast(Objective, objective),
@@ -404,6 +426,7 @@ def _adam_best(
             MinimizeConfig(
                 steps=steps, lr=lr, optimizer="adam", patience=None, keep_best=True, progress=False
             ),
+            callback=knee,
         )
     return cast(torch.Tensor, res.raw_params), res.loss, initial
 
@@ -415,12 +438,14 @@ def learn_gated_scaling(
     *,
     steps: int = 60,
     lr: float = 0.05,
+    tol: float = 0.0,
 ) -> tuple[torch.Tensor, float, float]:
     """Learn the diagonal ``s`` of a gated MLP (``W_up ← diag(s) W_up``, ``W_down ← W_down
     diag(s)⁻¹``) against the down projection's proxy ``||(W_d − Q(W_d diag(s)⁻¹) diag(s))
     Σ_h^{1/2}||²``. Round-to-nearest per group is equivariant to scaling a row, so the up/gate
     side's error does not depend on ``s``; the scaling moves error between down's input columns.
-    ``s = exp(t)`` stays positive. Returns ``(s, loss, initial_loss)``."""
+    ``s = exp(t)`` stays positive; ``tol``: stop at the knee (see :func:`_adam_best`). Returns
+    ``(s, loss, initial_loss)``."""
     from coreopt.quant.proxy import weighted_sq_error
 
     W = W_down
@@ -432,5 +457,5 @@ def learn_gated_scaling(
         return weighted_sq_error(W - Wq, hidden) / norm
 
     start = torch.zeros(W.shape[1], dtype=W.dtype, device=W.device)
-    best, loss, initial = _adam_best(objective, start, steps, lr)
+    best, loss, initial = _adam_best(objective, start, steps, lr, tol)
     return torch.exp(best).detach(), loss, initial

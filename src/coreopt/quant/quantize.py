@@ -9,7 +9,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,11 +37,9 @@ from coreopt.quant.methods import (
     LayerOutcome,
     MatrixTask,
     PairTask,
-    cafeq_method,
     cafeq_transform,
     estimate_loss,
     layer_prior,
-    stack_plain_rounding,
 )
 from coreopt.quant.pairs import (
     PairProblem,
@@ -394,7 +392,7 @@ def _fold_attention(
             site.head_dim,
             m,
         )
-        M, loss, init = learn_pair_transform(prob, fmt, steps=cfg.dual_steps)
+        M, loss, init = learn_pair_transform(prob, fmt, steps=cfg.dual_steps, tol=cfg.dual_tol)
         if loss < init:
             with torch.no_grad():
                 Wv, bv, Wo = fold_vo(
@@ -419,7 +417,9 @@ def _fold_attention(
             site.head_dim,
             m,
         )
-        M, loss, init = learn_pair_transform(prob, fmt, rope=bool(site.rope), steps=cfg.dual_steps)
+        M, loss, init = learn_pair_transform(
+            prob, fmt, rope=bool(site.rope), steps=cfg.dual_steps, tol=cfg.dual_tol
+        )
         if loss < init:
             with torch.no_grad():
                 Wq, bq, Wk, bk = fold_qk(
@@ -456,7 +456,7 @@ def _fold_mlp(
     dev = device or down.weight.device
     h = None if hidden is None else hidden.normalized().to(dev)
     s, loss, init = learn_gated_scaling(
-        down.weight.detach().float().to(dev), h, fmt, steps=cfg.dual_steps
+        down.weight.detach().float().to(dev), h, fmt, steps=cfg.dual_steps, tol=cfg.dual_tol
     )
     if not loss < init:
         return {}, None
@@ -493,6 +493,24 @@ def _workers(cfg: QuantizeConfig) -> int:
     """Threads for in-process fan-out: ``max_workers``, else one per CPU core (each layer's torch
     ops are themselves multi-threaded, more threads only contend)."""
     return cfg.max_workers or max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _thread_share(cfg: QuantizeConfig) -> Iterator[None]:
+    """While the layers fan out to ``w`` worker threads, each worker's torch ops run on
+    ``torch.get_num_threads() // w`` intra-op threads (at least one), restored afterwards: ``w``
+    workers each spawning the full intra-op pool oversubscribe the cores (on 2 cores, 2 workers x
+    2 threads made a SmolLM2 run about 3x slower than 2 x 1)."""
+    total = torch.get_num_threads()
+    workers = _workers(cfg)
+    if cfg.executor not in (None, "threads") or workers <= 1 or total <= 1:
+        yield
+        return
+    torch.set_num_threads(max(1, total // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(total)
 
 
 def _fold_all(
@@ -558,7 +576,8 @@ def fold_dual_transforms(
     _validate(model, names)
     device = None if cfg.device is None else resolve_device(cfg.device)
     _init_linalg(model, names, device)
-    return _fold_all(model, discover(model), cfg, set(names), device)[0]
+    with _thread_share(cfg):
+        return _fold_all(model, discover(model), cfg, set(names), device)[0]
 
 
 def quantize(
@@ -673,74 +692,75 @@ def quantize(
         cfg = dataclasses.replace(cfg, bits=fits[-1] if fits else min(cfg.bits_options))
 
     _init_linalg(model, names, device)
-    structured = cfg.method == "cafeq" and (cfg.dual or cfg.alternating or "structure" in cfg.prior)
-    st = discover(model) if structured else ModelStructure()
-    duals: dict[str, str] = {}
-    hidden: dict[str, InputMoments] = {}
-    if cfg.method == "cafeq" and cfg.dual:
-        duals, hidden = _fold_all(model, st, cfg, target_set, device)
-    moments_ = (
-        structure_moments(model, st, hidden, only=target_set)
-        if (structured and "structure" in cfg.prior)
-        else {}
-    )
-    moments_.update(moments or {})
+    with _thread_share(cfg):  # worker threads x intra-op threads <= the threads allowed
+        structured = cfg.method == "cafeq" and (
+            cfg.dual or cfg.alternating or "structure" in cfg.prior
+        )
+        st = discover(model) if structured else ModelStructure()
+        duals: dict[str, str] = {}
+        hidden: dict[str, InputMoments] = {}
+        if cfg.method == "cafeq" and cfg.dual:
+            duals, hidden = _fold_all(model, st, cfg, target_set, device)
+        moments_ = (
+            structure_moments(model, st, hidden, only=target_set)
+            if (structured and "structure" in cfg.prior)
+            else {}
+        )
+        moments_.update(moments or {})
 
-    def matrix_task(i: int, n: str) -> MatrixTask:
-        w = modules[n].weight.detach()
-        w = w.to(device=device or w.device, dtype=torch.float32)
-        return MatrixTask(n, w, _moments_on(moments_.get(n), w.device), cfg.seed + i)
+        def matrix_task(i: int, n: str) -> MatrixTask:
+            w = modules[n].weight.detach()
+            w = w.to(device=device or w.device, dtype=torch.float32)
+            return MatrixTask(n, w, _moments_on(moments_.get(n), w.device), cfg.seed + i)
 
-    index = {n: i for i, n in enumerate(names)}
-    tasks: list[MatrixTask | PairTask] = []
-    paired: set[str] = set()
-    if cfg.method == "cafeq" and cfg.rounding == "gptq" and cfg.alternating:
-        for a in st.attention:
-            for kind, reader, producer in (("vo", a.o, a.v), ("qk", a.q, a.k)):
-                if kind == "qk" and a.rope is None:
-                    continue
-                if reader in target_set and producer in target_set:
-                    tasks.append(
-                        PairTask(
-                            kind,
-                            matrix_task(index[reader], reader),
-                            matrix_task(index[producer], producer),
-                            a.n_heads,
-                            a.n_kv_heads,
-                            a.head_dim,
-                            _moments_on(
-                                moments_.get(a.v),
-                                modules[a.v].weight.device if device is None else device,
-                            ),
+        index = {n: i for i, n in enumerate(names)}
+        tasks: list[MatrixTask | PairTask] = []
+        paired: set[str] = set()
+        if cfg.method == "cafeq" and cfg.rounding == "gptq" and cfg.alternating:
+            for a in st.attention:
+                for kind, reader, producer in (("vo", a.o, a.v), ("qk", a.q, a.k)):
+                    if kind == "qk" and a.rope is None:
+                        continue
+                    if reader in target_set and producer in target_set:
+                        tasks.append(
+                            PairTask(
+                                kind,
+                                matrix_task(index[reader], reader),
+                                matrix_task(index[producer], producer),
+                                a.n_heads,
+                                a.n_kv_heads,
+                                a.head_dim,
+                                _moments_on(
+                                    moments_.get(a.v),
+                                    modules[a.v].weight.device if device is None else device,
+                                ),
+                            )
                         )
-                    )
-                    paired.update((reader, producer))
-    tasks.extend(matrix_task(index[n], n) for n in names if n not in paired)
-    handler = get_method(cfg.method)
-    shipped = dataclasses.replace(cfg, executor=None)  # what travels to the workers
-    notes: dict[str, str] = {}
-    if budget:
-        jobs = _budget_plan([t for t in tasks if isinstance(t, MatrixTask)], shipped, notes)
-    else:
-        jobs = [(t, _capped(t, shipped, notes)) for t in tasks]
+                        paired.update((reader, producer))
+        tasks.extend(matrix_task(index[n], n) for n in names if n not in paired)
+        handler = get_method(cfg.method)
+        shipped = dataclasses.replace(cfg, executor=None)  # what travels to the workers
+        notes: dict[str, str] = {}
+        if budget:
+            jobs = _budget_plan([t for t in tasks if isinstance(t, MatrixTask)], shipped, notes)
+        else:
+            jobs = [(t, _capped(t, shipped, notes)) for t in tasks]
 
-    if handler is cafeq_method:
-        stack_plain_rounding(jobs)  # same-shaped layers' GPTQ in one loop (methods.py)
-    outcomes: dict[str, LayerOutcome] = {}
+        outcomes: dict[str, LayerOutcome] = {}
 
-    def run(job: tuple[MatrixTask | PairTask, QuantizeConfig]) -> list[LayerOutcome]:
-        return handler(*job)
+        def run(job: tuple[MatrixTask | PairTask, QuantizeConfig]) -> list[LayerOutcome]:
+            return handler(*job)
 
-    for outs in parallel_map(
-        run,
-        jobs,
-        executor=cfg.executor,
-        max_workers=_workers(cfg),
-        progress=cfg.progress,
-        desc=f"quantize {cfg.method}",
-    ):
-        for o in outs:
-            outcomes[o.name] = o
+        for outs in parallel_map(
+            run,
+            jobs,
+            executor=cfg.executor,
+            max_workers=_workers(cfg),
+            progress=cfg.progress,
+            desc=f"quantize {cfg.method}",
+        ):
+            for o in outs:
+                outcomes[o.name] = o
 
     reports = []
     for n in names:
@@ -842,12 +862,12 @@ def _layer_options(t: MatrixTask, cfg: QuantizeConfig, formats: list[QuantFormat
     ]
 
 
-SCREEN: tuple[tuple[float, float], ...] = ((0.25, 0.5), (0.5, 0.75))
+SCREEN: tuple[tuple[float, float], ...] = ((0.1, 0.4), (0.25, 0.5), (0.5, 0.75))
 """The screen of the transforms learned to price budget options (:class:`_ScreenStop`): after
 each ``(fraction of steps, factor)``, the run stops when even ``factor`` times the current
 estimated loss would not make the option win. The factors bound how much the remaining steps can
-lower the loss: on SmolLM2 and MiniLM at 3.5 bits per weight the loss after all steps was at
-least 0.72 of the loss at a quarter of them and 0.9 of that at half (docs/quant.md)."""
+lower the loss: on SmolLM2 at 3.5 bits per weight the loss after all steps was at least 0.67 of
+the loss after a tenth of them, 0.72 of that after a quarter and 0.9 after half (docs/quant.md)."""
 
 
 @dataclass

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from coreopt.quant.format import QuantFormat, minmax_params, quantize_codes
+from coreopt.quant.format import QuantFormat, minmax_params, quantize_codes, range_params
 
 DEFAULT_SHRINK_GRID: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 """Range shrink factors tried by :func:`fit_group_params` (1.0 = plain min-max)."""
@@ -54,8 +54,9 @@ def fit_group_params(
     wcol = None if weight is None else weight.reshape(-1, n // g, g)
     best_err = None
     best = None
+    lo, hi = G.amin(dim=-1), G.amax(dim=-1)  # once for every shrink factor
     for a in grid:
-        s, z = minmax_params(W, fmt, shrink=a)
+        s, z = range_params(lo, hi, fmt, shrink=a)
         q = torch.round(G / s.unsqueeze(-1) + z.unsqueeze(-1)).clamp_(0, fmt.qmax)
         e = (G - (q - z.unsqueeze(-1)) * s.unsqueeze(-1)) ** 2
         err = (e * wcol).sum(-1) if wcol is not None else e.sum(-1)
@@ -136,70 +137,6 @@ def gptq(
             W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    return codes, scale, zero
-
-
-def gptq_stacked(
-    W: torch.Tensor,
-    H: torch.Tensor,
-    fmt: QuantFormat,
-    *,
-    damp: float = 0.01,
-    block_size: int = 128,
-    grid: tuple[float, ...] | None = DEFAULT_SHRINK_GRID,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`gptq` of ``L`` same-shaped layers at once: ``W`` is ``(L, out, in)``, ``H``
-    ``(L, in, in)`` (one Hessian per layer). The layers are independent; each column step
-    handles the column of every layer in one set of tensor operations, so the per-column overhead
-    of the loop is paid once instead of ``L`` times. Returns ``(codes, scale, zero)`` stacked
-    along the first dimension, each layer's as :func:`gptq` returns it."""
-    L, out, n = W.shape
-    g = fmt.group_size
-    if n % g:
-        raise ValueError(f"in_features={n} is not a multiple of group_size={g}")
-    if H.shape != (L, n, n):
-        raise ValueError(f"H must have shape ({L}, {n}, {n}), got {tuple(H.shape)}")
-    work_dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
-    W = W.to(work_dtype).clone()
-    H = H.to(work_dtype).clone()
-    diag = torch.diagonal(H, dim1=-2, dim2=-1)  # a view
-    diag.copy_(torch.where(diag <= 0, torch.ones_like(diag), diag))
-    diag.add_(damp * diag.mean(-1, keepdim=True))
-    Lc = torch.linalg.cholesky(H)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(Lc), upper=True)
-    hdiag = torch.diagonal(H, dim1=-2, dim2=-1)
-
-    block_size = max(g, -(-block_size // g) * g)
-    codes = torch.empty(L, out, n, dtype=torch.uint8, device=W.device)
-    scale = torch.empty(L, out, n // g, dtype=work_dtype, device=W.device)
-    zero = torch.empty_like(scale)
-    for i1 in range(0, n, block_size):
-        i2 = min(i1 + block_size, n)
-        W1 = W[:, :, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[:, i1:i2, i1:i2]
-        s = z = None
-        for i in range(i2 - i1):
-            col = i1 + i
-            if col % g == 0:
-                wts = hdiag[:, col : col + g].unsqueeze(1).expand(L, out, g)
-                s_, z_ = fit_group_params(
-                    W1[:, :, i : i + g].reshape(L * out, g),
-                    fmt,
-                    weight=wts.reshape(L * out, g),
-                    grid=grid,
-                )
-                s, z = s_[:, 0].reshape(L, out), z_[:, 0].reshape(L, out)
-                scale[:, :, col // g], zero[:, :, col // g] = s, z
-            assert s is not None
-            assert z is not None
-            w = W1[:, :, i]
-            q = torch.round(w / s + z).clamp_(0, fmt.qmax)
-            codes[:, :, col] = q.to(torch.uint8)
-            err = (w - (q - z) * s) / Hinv1[:, i, i].unsqueeze(1)
-            W1[:, :, i:] -= err.unsqueeze(2) * Hinv1[:, i, i:].unsqueeze(1)
-            Err1[:, :, i] = err
-        W[:, :, i2:] -= Err1 @ Hinv[:, i1:i2, i2:]
     return codes, scale, zero
 
 
