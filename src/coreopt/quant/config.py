@@ -112,7 +112,12 @@ class QuantizeConfig:
         device: where to compute: ``None`` keeps each layer where it is, ``"auto"`` uses CUDA when
             present; results are moved back to the layer's device.
         executor: ``None``/``"threads"``, ``"ray"`` or a ``concurrent.futures.Executor`` to fan the
-            layers out (see :mod:`coreopt.parallel`); ``max_workers`` bounds the threads.
+            layers out (see :mod:`coreopt.parallel`); ``max_workers`` bounds the threads (default:
+            one per CPU core). With threads, each worker's torch ops get
+            ``torch.get_num_threads() // workers`` intra-op threads (at least one) during the call,
+            restored after it: our choice, so that workers x intra-op threads do not oversubscribe
+            the cores (on 2 cores, 2 workers x 2 threads ran SmolLM2 about 3x slower than 2 x 1).
+            The float summation order, hence the last digits of the results, depends on it.
         seed: seed of the random Hadamard initialisations.
         progress: tqdm bar per layer; ``None`` shows it only on a terminal or notebook.
         bits_per_weight: a byte budget: the average *stored* bits per quantized weight (codes,
