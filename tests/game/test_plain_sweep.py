@@ -26,17 +26,7 @@ N = 13
 GAME = games.coverage(N, seed=1)
 
 
-@pytest.fixture(autouse=True)
-def _default_signal_handlers():
-    """Python's own handlers while each test runs (coreopt installs its own only over those)."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    yield
-    if threading.current_thread() is threading.main_thread():
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+pytestmark = pytest.mark.usefixtures("default_signal_handlers")
 
 
 class Counted:
@@ -80,11 +70,14 @@ def test_every_coalition_is_handed_over_once_with_the_right_members(labels) -> N
 def test_split_tables_build_the_same_coalitions_as_the_byte_tables() -> None:
     for n in (1, 2, 7, 16, 24):
         p = Players([f"x{i}" for i in range(n)])
-        low, high, k = p.split_tables()  # type: ignore[misc]
+        low, high, k = p.split_tables()
         rng = np.random.default_rng(n)
         for m in {0, (1 << n) - 1, *rng.integers(0, 1 << n, 200).tolist()}:
             assert low[m & ((1 << k) - 1)] | high[m >> k] == p.coalition(m)
-    assert Players(25).split_tables() is None
+    big = Players(100)
+    low, high, k = big.split_tables()
+    for m in (0, (1 << 100) - 1, 3 << 70, 12345 << 40 | 77):
+        assert low[m & ((1 << k) - 1)] | high[m >> k] == big.coalition(m)
 
 
 def test_the_sweep_gives_the_table_solver_s_answer() -> None:

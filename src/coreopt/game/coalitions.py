@@ -16,8 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 MAX_VECTOR_PLAYERS = 62
-_SplitTables = tuple[list[frozenset[Hashable]], list[frozenset[Hashable]], int]
 """Largest n whose masks fit in int64 (sign bit and one spare bit kept free): the fast path."""
+SPLIT_TABLE_BITS = 12
+"""Each table of :meth:`Players.split_tables` holds at most ``2**12`` frozensets."""
 
 
 class Players:
@@ -67,7 +68,7 @@ class Players:
             index[label] = i
         self.labels: tuple[Hashable, ...] = tuple(labels)
         self._index = index
-        self._split: _SplitTables | None = None
+        self._split: _SplitTables | None = None  # built on first use
         # labels of every byte value at every byte position: coalition() joins <= n/8 tuples
         n = len(labels)
         self._byte_labels = [
@@ -82,20 +83,24 @@ class Players:
 
     def split_tables(
         self,
-    ) -> _SplitTables | None:
+    ) -> _SplitTables:
         """``(low, high, k)`` with ``coalition(m) == low[m & (2**k - 1)] | high[m >> k]`` for every
-        mask, or ``None`` above 24 players (tables of at most 4,096 frozensets each).
+        mask.
 
-        Exact mode's hot loop builds one coalition per call from these two lookups (a union of
-        two frozensets costs less than building one from a tuple).
+        The value oracle's sequential loop builds one coalition per call from these two lookups
+        (a union of two frozensets costs less than building one from a tuple). Both halves are
+        tables of at most ``2**SPLIT_TABLE_BITS`` frozensets up to 24 players; beyond, ``high``
+        builds its half per lookup (through :meth:`coalition`).
         """
-        n = self.n
-        if n > 24:
-            return None
         if self._split is None:
-            k = (n + 1) // 2
+            n = self.n
+            k = (n + 1) // 2 if n <= 2 * SPLIT_TABLE_BITS else SPLIT_TABLE_BITS
             low = [frozenset(self.labels[i] for i in members(m)) for m in range(1 << k)]
-            high = [frozenset(self.labels[k + i] for i in members(m)) for m in range(1 << (n - k))]
+            high: _HighHalf | list[frozenset[Hashable]] = (
+                [frozenset(self.labels[k + i] for i in members(m)) for m in range(1 << (n - k))]
+                if n - k <= SPLIT_TABLE_BITS
+                else _HighHalf(self, k)
+            )
             self._split = (low, high, k)
         return self._split
 
@@ -147,6 +152,21 @@ class Players:
         return frozenset(out)
 
 
+class _HighHalf:
+    """``high[h]``: the coalition of mask ``h << k`` (the high half of :meth:`Players.split_tables`
+    when it is too large to tabulate)."""
+
+    def __init__(self, players: Players, k: int) -> None:
+        self.coalition = players.coalition
+        self.k = k
+
+    def __getitem__(self, h: int) -> frozenset[Hashable]:
+        return self.coalition(h << self.k)
+
+
+_SplitTables = tuple[list[frozenset[Hashable]], "_HighHalf | list[frozenset[Hashable]]", int]
+
+
 def members(mask: int) -> list[int]:
     """Indices of the set bits of ``mask`` in increasing order."""
     out, i = [], 0
@@ -160,7 +180,7 @@ def members(mask: int) -> list[int]:
 
 def all_masks(n: int) -> npt.NDArray[np.int64]:
     """``arange(2**n)``: every coalition of ``n`` players as an int64 mask (n <= 30 advised)."""
-    _check_vector_n(n)
+    check_enumerable(n)
     return np.arange(1 << n, dtype=np.int64)
 
 
@@ -244,7 +264,7 @@ def subset_sums(x: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """
     xv = np.asarray(x, dtype=np.float64).reshape(-1)
     n = xv.shape[0]
-    _check_vector_n(n)
+    check_enumerable(n)
     out = np.empty(1 << n, dtype=np.float64)
     out[0] = 0.0
     for i in range(n):
@@ -255,7 +275,7 @@ def subset_sums(x: npt.ArrayLike) -> npt.NDArray[np.float64]:
 
 def popcounts(n: int) -> npt.NDArray[np.int64]:
     """Coalition sizes ``|S|`` for every mask ``0 .. 2**n - 1``."""
-    _check_vector_n(n)
+    check_enumerable(n)
     out = np.zeros(1 << n, dtype=np.int64)
     for i in range(n):
         lo = 1 << i
@@ -263,7 +283,8 @@ def popcounts(n: int) -> npt.NDArray[np.int64]:
     return out
 
 
-def _check_vector_n(n: int) -> None:
+def check_enumerable(n: int) -> None:
+    """Raise ``ValueError`` when all ``2**n`` coalitions cannot be enumerated as int64 masks."""
     if n > MAX_VECTOR_PLAYERS:
         raise ValueError(
             f"n={n} players: enumerating all 2**n coalitions needs n <= {MAX_VECTOR_PLAYERS} "

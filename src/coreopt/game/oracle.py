@@ -325,83 +325,49 @@ class ValueOracle:
     def _run_sequential(self, todo: list[int]) -> None:
         """Call ``value_fn`` in this thread, one coalition after another.
 
-        The hot loop of exact mode with a cheap Python function: each call costs a coalition
-        lookup, the call, a type check and a dict store; the retry machinery and the full value
-        check run only when a call raises or returns anything but a finite ``float``.
+        The hot loop of exact mode with a cheap Python function: each call costs two table
+        lookups and a frozenset union (:meth:`Players.split_tables`), the call, a type check and a
+        dict store; the retry machinery and the full value check run only when a call raises or
+        returns anything but a finite ``float``. When the value function carries
+        :class:`PlainCalls` (no checkpoint file), the caller's function is called without its
+        per-call wrapper: the loop marks itself in flight and checks ``stopping`` before each
+        call instead, and each value is in the memo the moment it returns (an interruption from
+        any thread finds it there).
         """
         plain: PlainCalls | None = getattr(self.value_fn, "plain_calls", None)
-        if plain is not None and self.players.n <= 24:
-            self._run_plain(todo, plain)
-            return
-        fn = self.value_fn
-        coalition = self.players.coalition
-        cache = self.cache
-        isfinite = math.isfinite
-        for m in todo:
-            try:
-                try:
-                    out = fn(coalition(m))
-                except BudgetExhaustedError:
-                    raise
-                except Exception as exc:
-                    if self.retries == 0:
-                        raise self._fail(m, exc) from exc
-                    time.sleep(self.retry_delay)
-                    out = self._call_sync(m, first=1)
-            except BudgetExhaustedError:
-                self.exhausted = True
-                return
-            if type(out) is float and isfinite(out):
-                cache[m] = out
-            else:
-                cache[m] = self._check(m, out)
-            self.calls += 1
-
-    def _run_plain(self, todo: list[int], plain: PlainCalls) -> None:
-        """:meth:`_run_sequential` without the per-call wrapper: the caller's function on
-        coalitions built from two table lookups, each value stored as it returns (so an
-        interruption from any thread finds it in the memo). A call that raises, and a value that
-        is not a finite ``float``, go through the general path (retries, checks), then the loop
-        goes on after it."""
-        tables = self.players.split_tables()
-        assert tables is not None  # guarded by the caller (n <= 24)
-        low, high, k = tables
+        fn = self.value_fn if plain is None else plain.fn
+        stopping, stopped = ((), RuntimeError) if plain is None else (plain.stopping, plain.stopped)
+        low, high, k = self.players.split_tables()
         low_mask = (1 << k) - 1
-        fn, stopping, cache, isfinite = plain.fn, plain.stopping, self.cache, math.isfinite
+        cache, isfinite = self.cache, math.isfinite
         token = object()
-        plain.in_flight.add(token)
+        if plain is not None:
+            plain.in_flight.add(token)
         before = len(cache)  # the masks are new and distinct: each value stored is one call
-        checking = False
         try:
-            while len(cache) - before < len(todo):
+            for m in todo:
+                if stopping:
+                    raise stopped()
                 try:
-                    for m in todo[len(cache) - before :]:
-                        if stopping:
-                            raise plain.stopped()
+                    try:
                         out = fn(low[m & low_mask] | high[m >> k])
-                        if type(out) is float and isfinite(out):
-                            cache[m] = out
-                        else:
-                            checking = True
-                            cache[m] = self._check(m, out)  # ints pass; bad values raise
-                            checking = False
+                    except BudgetExhaustedError:
+                        raise
+                    except Exception as exc:
+                        if self.retries == 0:
+                            raise self._fail(m, exc) from exc
+                        time.sleep(self.retry_delay)
+                        out = self._call_sync(m, first=1)
                 except BudgetExhaustedError:
                     self.exhausted = True
                     return
-                except Exception as exc:
-                    if checking:  # a returned value is not a number: no retry
-                        raise
-                    m = todo[len(cache) - before]
-                    if self.retries == 0:
-                        raise self._fail(m, exc) from exc
-                    time.sleep(self.retry_delay)
-                    try:
-                        cache[m] = self._check(m, self._call_sync(m, first=1))
-                    except BudgetExhaustedError:
-                        self.exhausted = True
-                        return
+                if type(out) is float and isfinite(out):
+                    cache[m] = out
+                else:
+                    cache[m] = self._check(m, out)  # ints pass; bad values raise, not retried
         finally:
-            plain.in_flight.discard(token)
+            if plain is not None:
+                plain.in_flight.discard(token)
             self.calls += len(cache) - before
 
     def _run_vector(self, todo: list[int], fn: VectorizedValue) -> None:

@@ -32,7 +32,13 @@ from coreopt.game.checkpoint import (
     game_identity,
     interruption,
 )
-from coreopt.game.coalitions import MAX_VECTOR_PLAYERS, Players, incidence, mask_array
+from coreopt.game.coalitions import (
+    MAX_VECTOR_PLAYERS,
+    Players,
+    check_enumerable,
+    incidence,
+    mask_array,
+)
 from coreopt.game.exact import apply_tie_break, build_result, make_lp, solve_table, value_unit
 from coreopt.game.generation import IncrementalMinNorm
 from coreopt.game.oracle import ValueFn, ValueOracle, VectorizedValue
@@ -303,11 +309,7 @@ def _solve_known(
 def _exact(
     oracle: ValueOracle, players: Players, cfg: LeastCoreConfig, t0: float
 ) -> LeastCoreResult:
-    if players.n > MAX_VECTOR_PLAYERS:
-        raise ValueError(
-            f"n={players.n} players: mode='exact' enumerates all 2**n coalitions, which needs "
-            f"n <= {MAX_VECTOR_PLAYERS} (and n <= 30 in practice); approximate mode handles any n"
-        )
+    check_enumerable(players.n)
     wanted = range(0 if cfg.normalize else 1, 1 << players.n)  # every mask, in order
     # v(N), v(∅) and the singletons first: a partial table must still support an LP
     first = [players.grand] + ([0] if cfg.normalize else []) + [1 << i for i in range(players.n)]
