@@ -27,19 +27,7 @@ N = 9
 GAME = games.coverage(N, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _default_signal_handlers():
-    """Run each test with Python's own SIGINT/SIGTERM handlers: coreopt installs its handlers only
-    over those, and another library of the same test session (Ray) may have replaced them with
-    handlers that would end pytest itself."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    yield
-    if threading.current_thread() is threading.main_thread():
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+pytestmark = pytest.mark.usefixtures("default_signal_handlers")
 
 
 class Logged:
