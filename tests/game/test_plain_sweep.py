@@ -165,3 +165,43 @@ def test_cancelled_aleast_core_with_a_sync_function_carries_the_values() -> None
     assert len(values) >= 200
     assert set(values) <= set(fn.calls)
     assert all(v == GAME(s) for s, v in values.items())
+
+
+def test_known_values_scattered_anywhere_are_never_paid_again() -> None:
+    """The sweep finds the unknown masks of each range without a memo lookup per mask: known
+    values at random places (and at the edges of the ranges it is handed) must be skipped."""
+    rng = np.random.default_rng(5)
+    players = Players(N)
+    picked = {0, 1, 2, (1 << N) - 1, *rng.integers(1, 1 << N, 700).tolist()}
+    known = {players.coalition(m): GAME(players.coalition(m)) for m in picked if m}
+    fn = Counted()
+    res = coreopt.least_core(fn, N, mode="exact", known_values=known, progress=False)
+    assert not set(fn.calls) & set(known)
+    assert max(fn.calls.values()) == 1
+    assert len(fn.calls) + len(known) == (1 << N) - 1
+    assert res.epsilon == pytest.approx(exact_least_core(GAME.table(), N).epsilon, abs=1e-12)
+
+
+def test_the_oracle_s_ranges_in_any_order_pay_each_mask_once() -> None:
+    """Ranges handed to the oracle out of order, overlapping and after single masks."""
+    from coreopt.game.oracle import ValueOracle
+
+    fn = Counted()
+    oracle = ValueOracle(fn, Players(N), max_concurrency=1)
+    expected: set[int] = set()
+    rng = np.random.default_rng(9)
+    for _ in range(40):
+        if rng.random() < 0.3:
+            masks = rng.integers(1, 1 << N, 5).tolist()
+            got = oracle.evaluate(masks)
+            new = [m for m in dict.fromkeys(masks) if m not in expected]
+        else:
+            a = int(rng.integers(1, (1 << N) - 300))
+            r = range(a, a + int(rng.integers(1, 300)))
+            got = oracle.evaluate(r)
+            new = [m for m in r if m not in expected]
+        assert list(got) == new
+        expected.update(new)
+    assert set(oracle.cache) == expected
+    assert max(fn.calls.values()) == 1
+    assert oracle.calls == len(expected) == sum(fn.calls.values())

@@ -15,10 +15,12 @@ remaining budget, so the solver ends with a partial result.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import inspect
+import itertools
 import math
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, cast
@@ -220,9 +222,10 @@ class ValueOracle:
         self.calls = 0
         self.seconds = 0.0
         self.exhausted = False
+        """Whether the value function raised :class:`BudgetExhaustedError` (no call is left)."""
         self._fast: bool | None = None  # sync calls measured cheaper than a thread hand-off
         self._timed: list[float] = []  # seconds of the first calls, while _fast is undecided
-        """Whether the value function raised :class:`BudgetExhaustedError` (no call is left)."""
+        self._sweep = _SweepIndex()  # exact mode's sweep: the unknown masks of a range, quickly
         for coalition, value in (known_values or {}).items():
             mask = players.mask(coalition)
             self.cache[mask] = self._check(mask, value)
@@ -241,35 +244,61 @@ class ValueOracle:
         calls are being stored: the memo is copied first, in one step under the GIL)."""
         return {self.players.coalition(m): v for m, v in dict(self.cache).items()}
 
+    def table(self) -> npt.NDArray[np.float64]:
+        """Every value known, as a dense table: shape ``(2**n,)``, indexed by mask, 0 where
+        unknown (exact mode's input to the LP, once its sweep is done)."""
+        cache = self.cache
+        out = np.zeros(1 << self.players.n)
+        out[np.fromiter(cache, dtype=np.int64, count=len(cache))] = np.fromiter(
+            cache.values(), dtype=np.float64, count=len(cache)
+        )
+        return out
+
     def __contains__(self, mask: int) -> bool:
         return mask in self.cache
 
-    def evaluate(self, masks: Iterable[int]) -> list[int]:
+    def evaluate(self, masks: Iterable[int]) -> Sequence[int]:
         """Evaluate the masks not yet known, in order, as far as the budget allows.
 
+        Args:
+            masks: int masks; a ``range`` (step 1) is exact mode's sweep: its unknown masks are
+                found without testing each one against the memo (see :class:`_SweepIndex`).
+
         Returns:
-            The masks newly evaluated (a prefix of the unknown ones, when the budget cuts it).
+            The masks newly evaluated (a prefix of the unknown ones, when the budget cuts it), in
+            order.
         """
         cache = self.cache
-        if isinstance(masks, range):  # distinct ints already (exact mode's table sweep)
-            todo = [m for m in masks if m not in cache]
+        sweep = isinstance(masks, range) and masks.step == 1
+        if sweep:
+            runs = self._sweep.unknown_runs(cache, cast(range, masks))
         else:
             todo = [m for m in dict.fromkeys(map(int, masks)) if m not in cache]
-        if self.remaining is not None:
-            todo = todo[: max(self.remaining, 0)]
-        if not todo:
+            runs = [range(m, m + 1) for m in todo]  # the loop joins neighbours (_consecutive)
+        remaining = self.remaining
+        if remaining is not None:
+            cut = _take(runs, max(remaining, 0))
+            if sweep and cut != runs:  # the budget ends the sweep early: up to the last run taken
+                masks = range(cast(range, masks).start, cut[-1].stop if cut else 0)
+            runs = cut
+        if not runs:
             return []
+        before = len(cache)
         t0 = time.perf_counter()
         try:
             if self.vector is not None:
-                self._run_vector(todo, self.vector)
+                self._run_vector(_flat(runs), self.vector)
             elif self.is_async:
-                self._run_async(todo)
+                self._run_async(_flat(runs))
             else:
-                self._run_threads(todo)
+                self._run_threads(runs)
         finally:
             self.seconds += time.perf_counter() - t0
-        return [m for m in todo if m in self.cache]
+            if sweep:
+                self._sweep.stored(cache, cast(range, masks), runs, len(cache) - before)
+        if len(cache) - before == sum(map(len, runs)):
+            return MaskRuns(runs)
+        return [m for m in _flat(runs) if m in cache]
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -322,11 +351,12 @@ class ValueOracle:
                 time.sleep(self.retry_delay * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _run_sequential(self, todo: list[int]) -> None:
-        """Call ``value_fn`` in this thread, one coalition after another.
+    def _run_sequential(self, runs: list[range]) -> None:
+        """Call ``value_fn`` in this thread, one coalition after another, in mask order.
 
-        The hot loop of exact mode with a cheap Python function: each call costs two table
-        lookups and a frozenset union (:meth:`Players.split_tables`), the call, a type check and a
+        The hot loop of exact mode with a cheap Python function. Masks are walked block by block
+        of the split tables (:meth:`Players.split_tables`): within a block the high half of the
+        coalition is fixed, so each call costs one frozenset union, the call, a type check and a
         dict store; the retry machinery and the full value check run only when a call raises or
         returns anything but a finite ``float``. When the value function carries
         :class:`PlainCalls` (no checkpoint file), the caller's function is called without its
@@ -338,33 +368,42 @@ class ValueOracle:
         fn = self.value_fn if plain is None else plain.fn
         stopping, stopped = ((), RuntimeError) if plain is None else (plain.stopping, plain.stopped)
         low, high, k = self.players.split_tables()
-        low_mask = (1 << k) - 1
-        cache, isfinite = self.cache, math.isfinite
+        size = 1 << k
+        cache, check = self.cache, self._check
         token = object()
         if plain is not None:
             plain.in_flight.add(token)
         before = len(cache)  # the masks are new and distinct: each value stored is one call
         try:
-            for m in todo:
-                if stopping:
-                    raise stopped()
-                try:
-                    try:
-                        out = fn(low[m & low_mask] | high[m >> k])
-                    except BudgetExhaustedError:
-                        raise
-                    except Exception as exc:
-                        if self.retries == 0:
-                            raise self._fail(m, exc) from exc
-                        time.sleep(self.retry_delay)
-                        out = self._call_sync(m, first=1)
-                except BudgetExhaustedError:
-                    self.exhausted = True
-                    return
-                if type(out) is float and isfinite(out):
-                    cache[m] = out
-                else:
-                    cache[m] = self._check(m, out)  # ints pass; bad values raise, not retried
+            for start, stop in _consecutive(runs):
+                for h in range(start >> k, ((stop - 1) >> k) + 1):
+                    base = h << k
+                    a, b = max(start, base), min(stop, base + size)
+                    lows = low if b - a == size else low[a - base : b - base]
+                    fixed = high[h]
+                    m = a - 1
+                    for part in lows:
+                        m += 1
+                        if stopping:
+                            raise stopped()
+                        try:
+                            try:
+                                out = fn(fixed | part)
+                            except BudgetExhaustedError:
+                                raise
+                            except Exception as exc:
+                                if self.retries == 0:
+                                    raise self._fail(m, exc) from exc
+                                time.sleep(self.retry_delay)
+                                out = self._call_sync(m, first=1)
+                        except BudgetExhaustedError:
+                            self.exhausted = True
+                            return
+                        # x - x == 0 exactly for finite floats (NaN and inf give NaN)
+                        if type(out) is float and out - out == 0.0:
+                            cache[m] = out
+                        else:
+                            cache[m] = check(m, out)  # ints pass; bad values raise, not retried
         finally:
             if plain is not None:
                 plain.in_flight.discard(token)
@@ -394,29 +433,33 @@ class ValueOracle:
             self.cache.update(zip(chunk, values.tolist(), strict=True))
             self.calls += len(chunk)
 
-    def _run_threads(self, todo: list[int]) -> None:
+    def _run_threads(self, runs: list[range]) -> None:
         # Cheap value functions (table lookups, analytic games) lose more to thread hand-offs than
         # they gain: the first calls are timed, and when the fastest of them took under 1 ms the
         # calls run in this thread from then on (the fastest of several: one call slowed by a
         # loaded machine must not send a cheap function to the thread pool for good).
-        while todo and self.max_concurrency > 1 and self._fast is None:
+        while runs and self.max_concurrency > 1 and self._fast is None:
+            mask = runs[0].start
             t0 = time.perf_counter()
             try:
-                value = self._call_sync(todo[0])
+                value = self._call_sync(mask)
             except BudgetExhaustedError:
                 self.exhausted = True
                 return
             took = time.perf_counter() - t0
-            self._store(todo[0], value)
-            todo = todo[1:]
+            self._store(mask, value)
+            runs = [runs[0][1:], *runs[1:]] if len(runs[0]) > 1 else runs[1:]
             self._timed.append(took)
             if took < 1e-3:
                 self._fast = True
             elif len(self._timed) >= _TIMED_CALLS:
                 self._fast = False
-        if len(todo) <= 1 or self.max_concurrency == 1 or self._fast:
-            self._run_sequential(todo)
+        if not runs:
             return
+        if self.max_concurrency == 1 or self._fast or (len(runs) == 1 and len(runs[0]) == 1):
+            self._run_sequential(runs)
+            return
+        todo = _flat(runs)
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(todo))) as pool:
             futures = [pool.submit(self._call_sync, m) for m in todo]
             outcomes = [f.exception() or f.result() for f in futures]
@@ -467,6 +510,116 @@ class ValueOracle:
         else:
             results = run_sync(lambda: self._batch(todo))
         self._store_all(todo, results)
+
+
+class _SweepIndex:
+    """Which masks of a ``range`` are still unknown, without a memo lookup per mask.
+
+    Exact mode sweeps every mask in ascending ranges. The memo's keys are described as one
+    interval ``[lo, hi)`` of swept masks (all known) plus the sorted list of the other keys
+    (``loose``: v(N), the singletons, ``known_values``); the list is rebuilt, in O(memo), only
+    when the memo grew by other means than a completed sweep, which exact mode does once.
+    """
+
+    def __init__(self) -> None:
+        self.lo = self.hi = 0
+        self.loose: list[int] = []
+        self.size = 0  # len(memo) this index describes
+
+    def unknown_runs(self, cache: dict[int, float], masks: range) -> list[range]:
+        """``masks`` (step 1) minus the known masks, as ascending runs."""
+        lo, hi = self.lo, self.hi
+        if len(cache) != self.size:
+            self.loose = sorted(m for m in cache if not lo <= m < hi)
+            self.size = len(cache)
+        a, b = masks.start, masks.stop
+        if a >= b:
+            return []
+        pieces = [(a, b)]
+        if a < hi and b > lo:  # overlaps the swept interval
+            pieces = [(a, lo)] * (a < lo) + [(hi, b)] * (b > hi)
+        runs: list[range] = []
+        loose = self.loose
+        for a, b in pieces:
+            for m in loose[bisect.bisect_left(loose, a) : bisect.bisect_left(loose, b)]:
+                if m > a:
+                    runs.append(range(a, m))
+                a = m + 1
+            if a < b:
+                runs.append(range(a, b))
+        return runs
+
+    def stored(self, cache: dict[int, float], span: range, runs: list[range], added: int) -> None:
+        """Record a sweep of ``span``'s unknown ``runs`` that stored ``added`` values."""
+        if added != sum(map(len, runs)) or len(cache) != self.size + added:
+            return  # partial, or the memo grew otherwise: the next range rebuilds the index
+        first, last = span.start, span.stop  # every mask in [first, last) is known now
+        if self.hi == self.lo:
+            self.lo, self.hi = first, last
+        elif first <= self.hi and last >= self.lo:
+            self.lo, self.hi = min(self.lo, first), max(self.hi, last)
+        else:
+            return
+        self.size += added
+
+
+class MaskRuns(Sequence[int]):
+    """Masks given as ascending runs (``range`` objects), listed only when indexed.
+
+    What :meth:`ValueOracle.evaluate` returns for a completed sweep: exact mode only counts them.
+    """
+
+    def __init__(self, runs: list[range]) -> None:
+        self.runs = runs
+        self._len = sum(map(len, runs))
+        self._flat: list[int] | None = None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.chain.from_iterable(self.runs)
+
+    def __getitem__(self, i: Any) -> Any:
+        if self._flat is None:
+            self._flat = _flat(self.runs)
+        return self._flat[i]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _flat(runs: list[range]) -> list[int]:
+    return list(itertools.chain.from_iterable(runs))
+
+
+def _take(runs: list[range], count: int) -> list[range]:
+    """The first ``count`` masks of ``runs``."""
+    out: list[range] = []
+    for r in runs:
+        if count <= 0:
+            break
+        out.append(r[:count])
+        count -= len(out[-1])
+    return out
+
+
+def _consecutive(runs: list[range]) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of ``runs`` with neighbouring runs joined."""
+    start = stop = None
+    for r in runs:
+        if not r:
+            continue
+        if r.start == stop:
+            stop = r.stop
+            continue
+        if start is not None:
+            yield start, stop  # type: ignore[misc]
+        start, stop = r.start, r.stop
+    if start is not None:
+        yield start, stop  # type: ignore[misc]
 
 
 def _is_game(value_fn: Any) -> bool:

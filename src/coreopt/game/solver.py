@@ -333,13 +333,13 @@ def _exact(
         bar.close()
     if oracle.exhausted:  # the value function's own budget ran out: LP over what is known
         return _approximate(oracle, players, cfg, t0, players.grand)
-    table = np.zeros(1 << players.n)
-    known = dict(oracle.cache)
-    table[np.fromiter(known, dtype=np.int64, count=len(known))] = np.fromiter(
-        known.values(), dtype=np.float64, count=len(known)
-    )
     return solve_table(
-        table, players, cfg, value_calls=oracle.calls, value_seconds=oracle.seconds, start=t0
+        oracle.table(),
+        players,
+        cfg,
+        value_calls=oracle.calls,
+        value_seconds=oracle.seconds,
+        start=t0,
     )
 
 
