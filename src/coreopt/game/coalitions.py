@@ -9,7 +9,7 @@ of players works wherever the ``2**n`` coalitions are not enumerated (approximat
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,8 +72,7 @@ class Players:
         # labels of every byte value at every byte position: coalition() joins <= n/8 tuples
         n = len(labels)
         self._byte_labels = [
-            [tuple(self.labels[base + i] for i in members(b) if base + i < n) for b in range(256)]
-            for base in range(0, n, 8)
+            _subset_table(self.labels[base : base + 8], tuple) for base in range(0, n, 8)
         ]
 
     @property
@@ -95,9 +94,9 @@ class Players:
         if self._split is None:
             n = self.n
             k = (n + 1) // 2 if n <= 2 * SPLIT_TABLE_BITS else SPLIT_TABLE_BITS
-            low = [frozenset(self.labels[i] for i in members(m)) for m in range(1 << k)]
+            low = _subset_table(self.labels[:k], frozenset)
             high: _HighHalf | list[frozenset[Hashable]] = (
-                [frozenset(self.labels[k + i] for i in members(m)) for m in range(1 << (n - k))]
+                _subset_table(self.labels[k:], frozenset)
                 if n - k <= SPLIT_TABLE_BITS
                 else _HighHalf(self, k)
             )
@@ -165,6 +164,19 @@ class _HighHalf:
 
 
 _SplitTables = tuple[list[frozenset[Hashable]], "_HighHalf | list[frozenset[Hashable]]", int]
+
+
+def _subset_table(
+    labels: Sequence[Hashable], kind: Callable[[tuple[Hashable, ...]], Any]
+) -> list[Any]:
+    """``kind`` of the labels of every mask over ``labels`` (``2**len(labels)`` entries), each
+    listed in increasing position; built from the entry without the lowest bit (one small
+    concatenation per entry)."""
+    out: list[tuple[Hashable, ...]] = [()]
+    for m in range(1, 1 << len(labels)):
+        low = m & -m
+        out.append((labels[low.bit_length() - 1], *out[m ^ low]))
+    return out if kind is tuple else [kind(t) for t in out]
 
 
 def members(mask: int) -> list[int]:
