@@ -205,3 +205,16 @@ def test_the_oracle_s_ranges_in_any_order_pay_each_mask_once() -> None:
     assert set(oracle.cache) == expected
     assert max(fn.calls.values()) == 1
     assert oracle.calls == len(expected) == sum(fn.calls.values())
+
+
+def test_the_swept_table_is_the_game_s_table() -> None:
+    """The table handed to the LP, built from the sweep's list and the memo, mask by mask."""
+    from coreopt.game.oracle import ValueOracle
+
+    oracle = ValueOracle(Counted(), Players(N), max_concurrency=1)
+    oracle.evaluate([(1 << N) - 1, 1, 2, 4])  # the memo, as exact mode seeds it
+    assert len(oracle.evaluate(range(1, 1 << N))) == (1 << N) - 5
+    players = Players(N)
+    ref = np.array([0.0] + [GAME(players.coalition(m)) for m in range(1, 1 << N)])
+    np.testing.assert_array_equal(oracle.table(), ref)
+    assert len(oracle.values) == (1 << N) - 1

@@ -218,7 +218,11 @@ class ValueOracle:
         self.is_async = inspect.iscoroutinefunction(value_fn) or inspect.iscoroutinefunction(
             getattr(value_fn, "__call__", None)  # noqa: B004 - async callable objects
         )
-        self.cache: dict[int, float] = {}
+        self._memo: dict[int, float] = {}
+        # exact mode's sweep stores here (value by mask, _UNKNOWN where not swept): a list store
+        # costs less than a dict insert; folded into the memo when the memo is read
+        self._dense: list[float] | None = None
+        self._dense_count = 0
         self.calls = 0
         self.seconds = 0.0
         self.exhausted = False
@@ -239,18 +243,34 @@ class ValueOracle:
         return None if self.budget is None else self.budget - self.calls
 
     @property
+    def cache(self) -> dict[int, float]:
+        """The memo, ``{mask: value}`` (values of exact mode's sweep folded in first)."""
+        if self._dense is not None:
+            self._fold()
+        return self._memo
+
+    @property
     def values(self) -> dict[frozenset[Hashable], float]:
         """Every value known so far, keyed by coalition (safe to read from another thread while
-        calls are being stored: the memo is copied first, in one step under the GIL)."""
-        return {self.players.coalition(m): v for m, v in dict(self.cache).items()}
+        calls are being stored: the memo and the sweep's values are copied first, each in one
+        step under the GIL)."""
+        memo = dict(self._memo)
+        dense = self._dense
+        if dense is not None:
+            memo.update(_known_in(dense))
+        return {self.players.coalition(m): v for m, v in memo.items()}
 
     def table(self) -> npt.NDArray[np.float64]:
         """Every value known, as a dense table: shape ``(2**n,)``, indexed by mask, 0 where
         unknown (exact mode's input to the LP, once its sweep is done)."""
-        cache = self.cache
-        out = np.zeros(1 << self.players.n)
-        out[np.fromiter(cache, dtype=np.int64, count=len(cache))] = np.fromiter(
-            cache.values(), dtype=np.float64, count=len(cache)
+        memo = self._memo
+        if self._dense is None:
+            out = np.zeros(1 << self.players.n)
+        else:
+            out = np.array(self._dense, dtype=np.float64)
+            out[np.isnan(out)] = 0.0
+        out[np.fromiter(memo, dtype=np.int64, count=len(memo))] = np.fromiter(
+            memo.values(), dtype=np.float64, count=len(memo)
         )
         return out
 
@@ -268,11 +288,11 @@ class ValueOracle:
             The masks newly evaluated (a prefix of the unknown ones, when the budget cuts it), in
             order.
         """
-        cache = self.cache
         sweep = isinstance(masks, range) and masks.step == 1
         if sweep:
-            runs = self._sweep.unknown_runs(cache, cast(range, masks))
+            runs = self._sweep.unknown_runs(self._memo, cast(range, masks))
         else:
+            cache = self.cache
             todo = [m for m in dict.fromkeys(map(int, masks)) if m not in cache]
             runs = [range(m, m + 1) for m in todo]  # the loop joins neighbours (_consecutive)
         remaining = self.remaining
@@ -283,21 +303,26 @@ class ValueOracle:
             runs = cut
         if not runs:
             return []
-        before = len(cache)
+        total = sum(map(len, runs))
+        before = len(self._memo) + self._dense_count
         t0 = time.perf_counter()
+        complete = False
         try:
             if self.vector is not None:
                 self._run_vector(_flat(runs), self.vector)
             elif self.is_async:
                 self._run_async(_flat(runs))
             else:
-                self._run_threads(runs)
+                self._run_threads(runs, dense=sweep and self.players.n <= DENSE_MAX_N)
         finally:
             self.seconds += time.perf_counter() - t0
-            if sweep:
-                self._sweep.stored(cache, cast(range, masks), runs, len(cache) - before)
-        if len(cache) - before == sum(map(len, runs)):
+            complete = len(self._memo) + self._dense_count - before == total
+            recorded = sweep and complete and self._sweep.stored(self._memo, cast(range, masks))
+            if not recorded and self._dense is not None:
+                self._fold()  # what the index cannot describe must be in the memo
+        if complete:
             return MaskRuns(runs)
+        cache = self.cache
         return [m for m in _flat(runs) if m in cache]
 
     # -- internals -------------------------------------------------------------------------------
@@ -323,8 +348,14 @@ class ValueOracle:
         return out
 
     def _store(self, mask: int, value: Any) -> None:
-        self.cache[mask] = self._check(mask, value)
+        self._memo[mask] = self._check(mask, value)
         self.calls += 1
+
+    def _fold(self) -> None:
+        """Move the sweep's values into the memo (this thread only: the sweep is not running)."""
+        dense, self._dense, self._dense_count = self._dense, None, 0
+        if dense is not None:
+            self._memo.update(_known_in(dense))
 
     def _fail(self, mask: int, exc: BaseException, batch: int = 1) -> ValueFunctionError:
         coalition = self.players.coalition(mask)
@@ -351,14 +382,15 @@ class ValueOracle:
                 time.sleep(self.retry_delay * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _run_sequential(self, runs: list[range]) -> None:
+    def _run_sequential(self, runs: list[range], dense: bool = False) -> None:
         """Call ``value_fn`` in this thread, one coalition after another, in mask order.
 
         The hot loop of exact mode with a cheap Python function. Masks are walked block by block
         of the split tables (:meth:`Players.split_tables`): within a block the high half of the
         coalition is fixed, so each call costs one frozenset union, the call, a type check and a
         dict store; the retry machinery and the full value check run only when a call raises or
-        returns anything but a finite ``float``. When the value function carries
+        returns anything but a finite ``float``. With ``dense`` (exact mode's sweep) the values
+        go to a list indexed by mask instead of the memo dict. When the value function carries
         :class:`PlainCalls` (no checkpoint file), the caller's function is called without its
         per-call wrapper: the loop marks itself in flight and checks ``stopping`` before each
         call instead, and each value is in the memo the moment it returns (an interruption from
@@ -369,7 +401,12 @@ class ValueOracle:
         stopping, stopped = ((), RuntimeError) if plain is None else (plain.stopping, plain.stopped)
         low, high, k = self.players.split_tables()
         size = 1 << k
-        cache, check = self.cache, self._check
+        check = self._check
+        cache: Any = self._memo
+        if dense:
+            if self._dense is None:
+                self._dense = [_UNKNOWN] * (1 << self.players.n)
+            cache = self._dense
         token = object()
         if plain is not None:
             plain.in_flight.add(token)
@@ -407,7 +444,12 @@ class ValueOracle:
         finally:
             if plain is not None:
                 plain.in_flight.discard(token)
-            self.calls += len(cache) - before
+            if dense:  # the runs' masks were unknown: each one no longer _UNKNOWN is one call
+                stored = sum(len(r) - cache[r.start : r.stop].count(_UNKNOWN) for r in runs)
+                self._dense_count += stored
+                self.calls += stored
+            else:
+                self.calls += len(cache) - before
 
     def _run_vector(self, todo: list[int], fn: VectorizedValue) -> None:
         n = self.players.n
@@ -430,10 +472,10 @@ class ValueOracle:
             if bad.size:
                 self._store_all(chunk[: bad[0]], values[: bad[0]].tolist())
                 self._check(chunk[bad[0]], values[bad[0]])  # raises, naming the coalition
-            self.cache.update(zip(chunk, values.tolist(), strict=True))
+            self._memo.update(zip(chunk, values.tolist(), strict=True))
             self.calls += len(chunk)
 
-    def _run_threads(self, runs: list[range]) -> None:
+    def _run_threads(self, runs: list[range], dense: bool = False) -> None:
         # Cheap value functions (table lookups, analytic games) lose more to thread hand-offs than
         # they gain: the first calls are timed, and when the fastest of them took under 1 ms the
         # calls run in this thread from then on (the fastest of several: one call slowed by a
@@ -457,7 +499,7 @@ class ValueOracle:
         if not runs:
             return
         if self.max_concurrency == 1 or self._fast or (len(runs) == 1 and len(runs[0]) == 1):
-            self._run_sequential(runs)
+            self._run_sequential(runs, dense)
             return
         todo = _flat(runs)
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(todo))) as pool:
@@ -549,18 +591,19 @@ class _SweepIndex:
                 runs.append(range(a, b))
         return runs
 
-    def stored(self, cache: dict[int, float], span: range, runs: list[range], added: int) -> None:
-        """Record a sweep of ``span``'s unknown ``runs`` that stored ``added`` values."""
-        if added != sum(map(len, runs)) or len(cache) != self.size + added:
-            return  # partial, or the memo grew otherwise: the next range rebuilds the index
-        first, last = span.start, span.stop  # every mask in [first, last) is known now
+    def stored(self, memo: dict[int, float], span: range) -> bool:
+        """Record a completed sweep of ``span``: every mask in it is known now (in the memo or
+        in the sweep's dense list). False when ``span`` does not adjoin the swept interval (the
+        caller then folds the sweep's values into the memo)."""
+        first, last = span.start, span.stop
         if self.hi == self.lo:
             self.lo, self.hi = first, last
         elif first <= self.hi and last >= self.lo:
             self.lo, self.hi = min(self.lo, first), max(self.hi, last)
         else:
-            return
-        self.size += added
+            return False
+        self.size = len(memo)  # memo keys added by the sweep lie inside the interval
+        return True
 
 
 class MaskRuns(Sequence[int]):
@@ -589,6 +632,20 @@ class MaskRuns(Sequence[int]):
         return isinstance(other, Sequence) and list(self) == list(other)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+_UNKNOWN = math.nan
+"""The dense sweep list's filler (one object: ``list.count`` finds it by identity)."""
+
+DENSE_MAX_N = 24
+"""Exact mode's sweep stores values in a list of ``2**n`` slots up to this many players."""
+
+
+def _known_in(dense: list[float]) -> Iterator[tuple[int, float]]:
+    """``(mask, value)`` of the slots of a dense sweep list that hold a value."""
+    arr = np.array(dense, dtype=np.float64)
+    idx = np.flatnonzero(~np.isnan(arr))
+    return zip(idx.tolist(), arr[idx].tolist(), strict=True)
 
 
 def _flat(runs: list[range]) -> list[int]:
