@@ -56,6 +56,8 @@ class Option:
         block: block of the input transform (0: none).
         loss: the layer's relative proxy loss ``tr(E Σ Eᵀ) / tr(W Σ Wᵀ)`` under this option.
         cost: stored bits (:func:`stored_bits`).
+        zero_point: ``"integer"`` or ``"float"`` (same cost, see
+            :class:`~coreopt.quant.QuantFormat`).
     """
 
     bits: int
@@ -63,6 +65,7 @@ class Option:
     block: int
     loss: float
     cost: int
+    zero_point: str = "integer"
 
 
 def _pick(options: Sequence[Option], price: float) -> int:

@@ -128,6 +128,12 @@ class QuantizeConfig:
             budget. ``None`` (default): every layer at ``bits``/``group_size``. Supported by
             ``"rtn"`` (mixed-precision RTN) and ``"cafeq"``.
         bits_options, group_options, block_options: what the budget search may choose from.
+        zero_point: ``"integer"`` (default) or ``"float"`` zero points (see
+            :class:`~coreopt.quant.QuantFormat`; same bytes).
+        zero_point_options: the zero points the budget search may choose from, per layer, by
+            the proxy loss (both cost the same bytes). A float zero point puts the levels at
+            the group's minimum, which matters on weights that are themselves a dequantized
+            ``d q + m`` grid (SmolLM2 here: Q4_1, 4-bit groups of 32).
     """
 
     bits: int = 4
@@ -158,9 +164,12 @@ class QuantizeConfig:
     bits_options: tuple[int, ...] = (2, 3, 4, 8)
     group_options: tuple[int, ...] = (32, 64, 128)
     block_options: tuple[int, ...] = (16, 32)
+    zero_point: Literal["integer", "float"] = "integer"
+    zero_point_options: tuple[str, ...] = ("integer", "float")
 
     def __post_init__(self) -> None:
-        QuantFormat(self.bits, self.group_size, self.scale_dtype)  # raises UnsupportedFormatError
+        # raises UnsupportedFormatError
+        QuantFormat(self.bits, self.group_size, self.scale_dtype, self.zero_point)
         if self.method not in registered_methods():
             raise ValueError(
                 f"method={self.method!r} is unknown; expected one of {registered_methods()}"
@@ -210,8 +219,10 @@ class QuantizeConfig:
             QuantFormat(b, 32)
         for g in self.group_options:
             QuantFormat(4, g)
-        if not self.bits_options or not self.group_options:
-            raise ValueError("bits_options and group_options must not be empty")
+        if not self.bits_options or not self.group_options or not self.zero_point_options:
+            raise ValueError("bits_options, group_options and zero_point_options must not be empty")
+        for zp in self.zero_point_options:
+            _choice("zero_point_options", zp, ("integer", "float"))
         for k in self.block_options:
             if isinstance(k, bool) or not isinstance(k, int) or k < 2 or k & (k - 1):
                 raise ValueError(f"block_options must hold powers of two >= 2, got {k!r}")
@@ -221,7 +232,7 @@ class QuantizeConfig:
     @property
     def format(self) -> QuantFormat:
         """The integer format."""
-        return QuantFormat(self.bits, self.group_size, self.scale_dtype)
+        return QuantFormat(self.bits, self.group_size, self.scale_dtype, self.zero_point)
 
 
 def _choice(name: str, value: object, options: tuple[str, ...]) -> None:

@@ -43,6 +43,11 @@ class QuantFormat:
             (32, 64 and 128 are the tested ones).
         scale_dtype: storage dtype of the scales and zero points (``float16``, ``bfloat16`` or
             ``float32``); 16-bit metadata costs ``32 / group_size`` bits per weight.
+        zero_point: ``"integer"`` (default): ``z = round(-min(w, 0) / s)``, so ``0`` is exactly
+            representable (tiny weights round to exactly 0); ``"float"``: ``z = -min(w, 0) / s``
+            unrounded, the levels start at the group's minimum (the ``d q + m`` grid of GGUF's
+            Q4_1, which a Q4_1 model's weights fit exactly), and ``0`` is in general not a level.
+            Both store the same bytes (``z`` in ``scale_dtype``) and dequantize by ``(q - z) s``.
 
     Examples:
         >>> fmt = QuantFormat(bits=3, group_size=64)
@@ -53,6 +58,7 @@ class QuantFormat:
     bits: int = 4
     group_size: int = 64
     scale_dtype: torch.dtype = torch.float16
+    zero_point: Literal["integer", "float"] = "integer"
 
     def __post_init__(self) -> None:
         if (
@@ -76,6 +82,10 @@ class QuantFormat:
         if self.scale_dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise UnsupportedFormatError(
                 f"scale_dtype={self.scale_dtype} must be torch.float16, bfloat16 or float32"
+            )
+        if self.zero_point not in ("integer", "float"):
+            raise UnsupportedFormatError(
+                f"zero_point={self.zero_point!r} must be 'integer' or 'float'"
             )
 
     @property
@@ -148,7 +158,7 @@ def minmax_params(
     fmt: QuantFormat,
     *,
     shrink: torch.Tensor | float | None = None,
-    zero_point: Literal["integer", "float"] = "integer",
+    zero_point: Literal["integer", "float"] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point of every group from its range (optionally shrunk), in storage precision.
 
@@ -157,7 +167,8 @@ def minmax_params(
         fmt: the format.
         shrink: factor in ``(0, 1]`` applied to the range (clipping); a float, or a tensor of shape
             ``(out, in / group_size)`` with one factor per group.
-        zero_point: ``"integer"`` (0 exactly representable) or ``"float"`` (``z = -min / s``).
+        zero_point: ``"integer"`` (0 exactly representable) or ``"float"`` (``z = -min / s``);
+            ``None``: the format's (see :class:`QuantFormat`).
 
     Returns:
         ``(scale, zero)``, each ``(out, in / group_size)`` in ``W.dtype`` holding values exactly
@@ -173,13 +184,14 @@ def range_params(
     fmt: QuantFormat,
     *,
     shrink: torch.Tensor | float | None = None,
-    zero_point: Literal["integer", "float"] = "integer",
+    zero_point: Literal["integer", "float"] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`minmax_params` from each group's smallest (``lo``) and largest (``hi``) element,
     for callers that try several ``shrink`` factors on the same groups."""
     lo, _raw, scale, _ok = _minmax_fit(lo, hi, fmt, shrink)
     zero = -lo / scale
-    zero = zero.round() if zero_point == "integer" else zero
+    if (zero_point or fmt.zero_point) == "integer":
+        zero = zero.round()
     zero = _store(zero.clamp(0, fmt.qmax), fmt.scale_dtype)
     return scale, zero
 
@@ -262,12 +274,14 @@ def fake_quantize(
     scale = torch.where(ok, raw + (stored - raw.detach()), stored)
     x = G / scale
     zero = -lo / scale
+    integer = fmt.zero_point == "integer"
     if ste:
-        zero = zero + (zero.detach().round().clamp(0, fmt.qmax) - zero.detach())
+        zq = zero.detach().round() if integer else zero.detach()
+        zero = zero + (zq.clamp(0, fmt.qmax) - zero.detach())
         y = x + zero
         q = y + (y.detach().round().clamp(0, fmt.qmax) - y.detach())
     else:
-        zero = zero.round().clamp(0, fmt.qmax)
+        zero = (zero.round() if integer else zero).clamp(0, fmt.qmax)
         q = (x + zero).round().clamp(0, fmt.qmax)
     return ((q - zero) * scale).reshape(W.shape)
 
@@ -282,7 +296,8 @@ class _FakeQuantSTE(torch.autograd.Function):
         hi_v, hi_i = G.max(dim=-1)
         lo, _raw, s, ok = _minmax_fit(lo_v, hi_v, fmt)
         s = s.unsqueeze(-1)
-        z = (-lo.unsqueeze(-1) / s).round().clamp(0, fmt.qmax)
+        z = -lo.unsqueeze(-1) / s
+        z = (z.round() if fmt.zero_point == "integer" else z).clamp(0, fmt.qmax)
         y = G / s + z
         q = y.round().clamp(0, fmt.qmax)
         out = ((q - z) * s).reshape(W.shape)

@@ -519,10 +519,12 @@ def _fold_all(
     cfg: QuantizeConfig,
     target_set: set[str],
     device: torch.device | None,
+    hidden0: dict[str, InputMoments] | None = None,
 ) -> tuple[dict[str, str], dict[str, InputMoments]]:
     """Fold every dual transform of the targeted sites. Returns the notes and the MLP hidden
-    moments it computed, updated for the gated scalings folded (``Σ' = diag(s) Σ diag(s)``), so
-    that they need not be computed again."""
+    moments it computed (or was given in ``hidden0``: ``{down projection: moments}`` before
+    any fold), updated for the gated scalings folded (``Σ' = diag(s) Σ diag(s)``), so that they
+    need not be computed again."""
     modules = dict(model.named_modules())
     duals: dict[str, str] = {}
     att = [a for a in st.attention if {a.q, a.k, a.v, a.o} <= target_set]
@@ -536,8 +538,10 @@ def _fold_all(
     for notes in parallel_map(fold_att, att, max_workers=_workers(cfg), progress=False):
         duals.update(notes)
     downs = {m.down for m in mlps}
-    raw = structure_moments(model, st, only=downs) if mlps else {}
-    hidden = {k: v for k, v in raw.items() if k in downs}
+    hidden = {k: v for k, v in (hidden0 or {}).items() if k in downs}
+    if mlps and set(hidden) != downs:
+        raw = structure_moments(model, st, only=downs - set(hidden))
+        hidden.update({k: v for k, v in raw.items() if k in downs and k not in hidden})
 
     def fold_m(m: MlpSite) -> tuple[MlpSite, dict[str, str], torch.Tensor | None]:
         h = layer_prior(modules[m.down].weight.detach(), hidden.get(m.down), cfg.prior)
@@ -554,6 +558,113 @@ def _fold_all(
                 h.source,
             )
     return duals, hidden
+
+
+def _matrix_task(
+    module: nn.Module,
+    name: str,
+    moments: InputMoments | None,
+    seed: int,
+    device: torch.device | None,
+) -> MatrixTask:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    w = weight.detach().to(device=device or weight.device, dtype=torch.float32)
+    return MatrixTask(name, w, _moments_on(moments, w.device), seed)
+
+
+def dual_units(st: ModelStructure) -> list[tuple[str, tuple[str, str]]]:
+    """The layers each dual transform changes, as ``(kind, (a, b))``: V/O, Q/K of every
+    attention block, up/down of every gated MLP."""
+    units: list[tuple[str, tuple[str, str]]] = []
+    for a in st.attention:
+        units += [("vo", (a.v, a.o)), ("qk", (a.q, a.k))]
+    for m in st.mlp:
+        if m.gate:
+            units.append(("gated", (m.up, m.down)))
+    return units
+
+
+def _fold_all_budget(
+    model: nn.Module,
+    st: ModelStructure,
+    cfg: QuantizeConfig,
+    names: list[str],
+    device: torch.device | None,
+    user_moments: dict[str, InputMoments],
+    float_zero: set[str],
+    use_moments: bool,
+) -> tuple[dict[str, str], dict[str, InputMoments], dict[str, list[Option]]]:
+    """The dual transforms under a byte budget: each is kept only where it pays at the budget.
+
+    The transform-free options of every layer are priced on the model as it is (see
+    :func:`_budget_plan`) and the price of a bit ``λ`` is read off them
+    (:func:`~coreopt.quant.budget.bit_price`); then every dual transform is learned and folded
+    (:func:`_fold_all`) and the layers it changed are priced again. A dual transform stays folded
+    only where it lowers the Lagrangian of its two layers, ``Σ min_option (loss + λ · bits)``;
+    elsewhere the layers get their weights back. A transform learned for one format can make
+    the weights worse under another: weights dequantized from a ``d q + m`` grid (SmolLM2 here)
+    are stored almost exactly by a float-zero 4-bit group-32 option, which any fold destroys.
+
+    Returns:
+        ``(duals kept, input moments of every layer, options of every layer)``.
+    """
+    modules = dict(model.named_modules())
+    index = {n: i for i, n in enumerate(names)}
+    target_set = set(names)
+    raw0 = structure_moments(model, st, only=target_set) if use_moments else {}
+    m0 = {**raw0, **user_moments}
+
+    def price(ms: dict[str, InputMoments], subset: list[str]) -> dict[str, list[Option]]:
+        tasks = [
+            _matrix_task(modules[n], n, ms.get(n), cfg.seed + index[n], device) for n in subset
+        ]
+        return dict(zip(subset, _price_formats(tasks, cfg, float_zero), strict=True))
+
+    opts0 = price(m0, names)
+    assert cfg.bits_per_weight is not None
+    total = cfg.bits_per_weight * sum(_weight(model, n).numel() for n in names)
+    lam = bit_price([opts0[n] for n in names], total)
+    units = [(kind, pair) for kind, pair in dual_units(st) if all(n in target_set for n in pair)]
+    saved = {
+        n: (
+            modules[n].weight.detach().clone(),
+            None if modules[n].bias is None else modules[n].bias.detach().clone(),
+        )
+        for _, pair in units
+        for n in pair
+    }
+    hidden0 = {k: v for k, v in raw0.items() if v.source == "mlp"}
+    duals, hidden = _fold_all(model, st, cfg, target_set, device, hidden0 or None)
+    changed = [n for n in names if n in duals]
+    m1 = structure_moments(model, st, hidden, only=set(changed)) if use_moments else {}
+    m1.update(user_moments)
+    opts1 = price(m1, changed)
+    moments_ = dict(m0)
+    options = dict(opts0)
+
+    def value(opts: dict[str, list[Option]], pair: tuple[str, str]) -> float:
+        return sum(min(o.loss + lam * o.cost for o in opts[n]) for n in pair)
+
+    for kind, pair in units:
+        if not all(duals.get(n) == kind for n in pair):
+            continue
+        before, after = value(opts0, pair), value(opts1, pair)
+        if after < before:
+            for n in pair:
+                options[n] = opts1[n]
+                if n in m1:
+                    moments_[n] = m1[n]
+            continue
+        logger.debug("%s: %s dual not kept at the budget (%.4g >= %.4g)", pair, kind, after, before)
+        with torch.no_grad():
+            for n in pair:
+                w, b = saved[n]
+                modules[n].weight.copy_(w)
+                if b is not None:
+                    modules[n].bias.copy_(b)
+                del duals[n]
+    return duals, moments_, options
 
 
 def fold_dual_transforms(
@@ -699,21 +810,23 @@ def quantize(
         st = discover(model) if structured else ModelStructure()
         duals: dict[str, str] = {}
         hidden: dict[str, InputMoments] = {}
-        if cfg.method == "cafeq" and cfg.dual:
-            duals, hidden = _fold_all(model, st, cfg, target_set, device)
-        moments_ = (
-            structure_moments(model, st, hidden, only=target_set)
-            if (structured and "structure" in cfg.prior)
-            else {}
-        )
-        moments_.update(moments or {})
+        use_moments = structured and "structure" in cfg.prior
+        float_zero = float_zero_layers(st)
+        priced: dict[str, list[Option]] | None = None
+        if budget and cfg.method == "cafeq" and cfg.dual:
+            duals, moments_, priced = _fold_all_budget(
+                model, st, cfg, names, device, moments or {}, float_zero, use_moments
+            )
+        else:
+            if cfg.method == "cafeq" and cfg.dual:
+                duals, hidden = _fold_all(model, st, cfg, target_set, device)
+            moments_ = structure_moments(model, st, hidden, only=target_set) if use_moments else {}
+            moments_.update(moments or {})
+        index = {n: i for i, n in enumerate(names)}
 
         def matrix_task(i: int, n: str) -> MatrixTask:
-            w = modules[n].weight.detach()
-            w = w.to(device=device or w.device, dtype=torch.float32)
-            return MatrixTask(n, w, _moments_on(moments_.get(n), w.device), cfg.seed + i)
+            return _matrix_task(modules[n], n, moments_.get(n), cfg.seed + i, device)
 
-        index = {n: i for i, n in enumerate(names)}
         tasks: list[MatrixTask | PairTask] = []
         paired: set[str] = set()
         if cfg.method == "cafeq" and cfg.rounding == "gptq" and cfg.alternating:
@@ -742,7 +855,13 @@ def quantize(
         shipped = dataclasses.replace(cfg, executor=None)  # what travels to the workers
         notes: dict[str, str] = {}
         if budget:
-            jobs = _budget_plan([t for t in tasks if isinstance(t, MatrixTask)], shipped, notes)
+            jobs = _budget_plan(
+                [t for t in tasks if isinstance(t, MatrixTask)],
+                shipped,
+                notes,
+                float_zero,
+                None if priced is None else [priced[n] for n in names],
+            )
         else:
             jobs = [(t, _capped(t, shipped, notes)) for t in tasks]
 
@@ -843,6 +962,23 @@ def _capped(t: MatrixTask | PairTask, cfg: QuantizeConfig, notes: dict[str, str]
     return dataclasses.replace(cfg, group_size=cap)
 
 
+def float_zero_layers(st: ModelStructure) -> set[str]:
+    """The layers whose budget options may use float zero points: the ones whose output goes
+    into the attention scores or a gate (Q, K; gate and up of an MLP). Not V, whose output is
+    the attention value (a sink token's near-zero value stays near zero only if tiny weights
+    round to exactly 0), nor O and down, which write into the residual stream. On SmolLM2 at
+    4/64, float zero points on Q/K/gate/up lowered both perplexities, on V raised the second
+    text's from 46.0 to 55.1, on down to 48.2 (docs/quant.md)."""
+    out: set[str] = set()
+    for a in st.attention:
+        out.update((a.q, a.k))
+    for m in st.mlp:
+        out.add(m.up)
+        if m.gate:
+            out.add(m.gate)
+    return out
+
+
 def _layer_options(t: MatrixTask, cfg: QuantizeConfig, formats: list[QuantFormat]) -> list[Option]:
     """The transform-free options of one layer, priced in stored bits, each with its loss
     estimated by round-to-nearest (range search when ``clip_search``) under the layer's prior."""
@@ -857,6 +993,7 @@ def _layer_options(t: MatrixTask, cfg: QuantizeConfig, formats: list[QuantFormat
             0,
             estimate_loss(W, None, m, f, cfg),
             stored_bits(out, n, f.bits, f.group_size, 0, meta),
+            f.zero_point,
         )
         for f in formats
     ]
@@ -900,13 +1037,46 @@ class _ScreenStop:
         return f"estimated loss {shown or '-'}; needs {self.need:.4g}"
 
 
+def _price_formats(
+    tasks: list[MatrixTask], cfg: QuantizeConfig, float_zero: set[str]
+) -> list[list[Option]]:
+    """The transform-free options of every layer (bits x group size x zero point, float zero
+    points only for the layers in ``float_zero``), each priced in stored bits and its loss
+    estimated by round-to-nearest under the layer's prior."""
+    formats = [
+        QuantFormat(b, g, cfg.scale_dtype, z)  # type: ignore[arg-type]
+        for b in sorted(set(cfg.bits_options))
+        for g in sorted(set(cfg.group_options))
+        for z in dict.fromkeys(cfg.zero_point_options)
+    ]
+
+    def layer_formats(t: MatrixTask) -> list[QuantFormat]:
+        fs = [f for f in formats if f.zero_point == "integer" or t.name in float_zero]
+        return fs or [dataclasses.replace(f, zero_point="integer") for f in formats]
+
+    return list(
+        parallel_map(
+            lambda t: _layer_options(t, cfg, layer_formats(t)),
+            tasks,
+            max_workers=_workers(cfg),
+            progress=False,
+        )
+    )
+
+
 def _budget_plan(
-    tasks: list[MatrixTask], cfg: QuantizeConfig, notes: dict[str, str]
+    tasks: list[MatrixTask],
+    cfg: QuantizeConfig,
+    notes: dict[str, str],
+    float_zero: set[str] | None = None,
+    options: list[list[Option]] | None = None,
 ) -> list[tuple[MatrixTask | PairTask, QuantizeConfig]]:
     """Spend ``cfg.bits_per_weight`` over the layers (see :mod:`coreopt.quant.budget`).
 
-    1. Price every transform-free format of every layer (bits x group size) and estimate its loss
-       by round-to-nearest under the layer's prior; solve the knapsack.
+    1. Price every transform-free format of every layer (bits x group size x zero point, float
+       zero points only for the layers in ``float_zero``, see :func:`float_zero_layers`) and
+       estimate its loss by round-to-nearest under the layer's prior (``options``: already
+       priced, see :func:`_fold_all_budget`); solve the knapsack.
     2. For ``"cafeq"`` with a transform: learn each block size of ``block_options`` at the format
        chosen in 1 and add it as an option (its loss estimated the same way, its blocks priced);
        solve again. A transform is not even learned where the layer's whole loss is below the
@@ -916,20 +1086,10 @@ def _budget_plan(
        transform when chosen, the per-layer selection keeping the lower proxy).
     """
     assert cfg.bits_per_weight is not None
-    formats = [
-        QuantFormat(b, g, cfg.scale_dtype)
-        for b in sorted(set(cfg.bits_options))
-        for g in sorted(set(cfg.group_options))
-    ]
     total = cfg.bits_per_weight * sum(t.weight.shape[0] * t.weight.shape[1] for t in tasks)
-    options = list(
-        parallel_map(
-            lambda t: _layer_options(t, cfg, formats),
-            tasks,
-            max_workers=_workers(cfg),
-            progress=False,
-        )
-    )
+    if options is None:
+        options = _price_formats(tasks, cfg, float_zero or set())
+    options = [list(o) for o in options]
     pick = choose_options(options, total)
     learned: dict[tuple[int, int], torch.Tensor] = {}
     if cfg.method == "cafeq" and cfg.transform != "identity" and cfg.block_options:
@@ -940,7 +1100,7 @@ def _budget_plan(
             t, o = tasks[i], options[i][pick[i]]
             W = t.weight.float()
             out, n = W.shape
-            fmt = QuantFormat(o.bits, o.group_size, cfg.scale_dtype)
+            fmt = QuantFormat(o.bits, o.group_size, cfg.scale_dtype, o.zero_point)  # type: ignore[arg-type]
             m = layer_prior(W, t.moments, cfg.prior)
             rows = torch.linspace(0, out - 1, min(out, 512), device=W.device).round().long()
             res = []
@@ -967,7 +1127,7 @@ def _budget_plan(
                     screen,
                     loss,
                 )
-                res.append((Option(o.bits, o.group_size, k, loss, cost), T))
+                res.append((Option(o.bits, o.group_size, k, loss, cost, o.zero_point), T))
             return res
 
         priced = list(
@@ -988,11 +1148,13 @@ def _budget_plan(
             cfg,
             bits=o.bits,
             group_size=o.group_size,
+            zero_point=o.zero_point,  # type: ignore[arg-type]
             transform=cfg.transform if o.block else "identity",
             block_size=o.block or cfg.block_size,
         )
         notes[t.name] = (
             f"budget: {o.bits}-bit g{o.group_size}"
+            + (" float zero" if o.zero_point == "float" else "")
             + (f", {o.block}x{o.block} transform" if o.block else "")
             + f", estimated proxy {o.loss:.4g}"
         )

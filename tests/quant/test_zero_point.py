@@ -1,0 +1,96 @@
+"""Float zero points: the ``d q + m`` grid of GGUF's Q4_1, which weights dequantized from such a
+file fit exactly, and the byte budget offering it to the layers where 0 need not be exact."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+import coreopt
+from coreopt.quant import QuantFormat
+from coreopt.quant.format import dequantize_codes, rtn
+
+
+def q4_1_grid(out: int, n: int, seed: int = 0, group: int = 32) -> torch.Tensor:
+    """A weight that is exactly a 4-bit ``d q + m`` grid per group of ``group`` columns (every
+    group holds codes 0 and 15, its minimum ``m`` is negative and not a multiple of ``d``),
+    built by hand: the reference the quantizers must reproduce."""
+    gen = torch.Generator().manual_seed(seed)
+    ng = n // group
+    d = (0.01 + 0.02 * torch.rand(out, ng, 1, generator=gen)).half().float()
+    k = 0.5 + 14 * torch.rand(out, ng, 1, generator=gen)
+    m = (-(k.floor() + 0.37) * d).half().float()
+    q = torch.randint(0, 16, (out, ng, group), generator=gen).float()
+    q[..., 0], q[..., 1] = 0, 15
+    return (d * q + m).reshape(out, n)
+
+
+def _rel(W: torch.Tensor, W_hat: torch.Tensor) -> float:
+    return float((W - W_hat).norm() / W.norm())
+
+
+def test_float_zero_point_reproduces_a_q4_1_grid_and_integer_does_not() -> None:
+    W = q4_1_grid(64, 256)
+    err = {}
+    for zp in ("integer", "float"):
+        fmt = QuantFormat(4, 32, zero_point=zp)
+        q, s, z = rtn(W, fmt)
+        err[zp] = _rel(W, dequantize_codes(q, s, z, 32))
+    assert err["float"] < 2e-3  # float16 scale/zero storage only
+    assert err["integer"] > 2e-2  # the zero point rounded to an integer shifts every level
+    with pytest.raises(ValueError, match="zero_point"):
+        QuantFormat(4, 32, zero_point="half")  # type: ignore[arg-type]
+
+
+def _grid_llama(tiny_hf_model: Callable[..., Any]) -> tuple[torch.nn.Module, list[str]]:
+    """The tiny Llama with every projection replaced by a Q4_1 grid."""
+    model = tiny_hf_model("llama", seed=0, tie_word_embeddings=True).eval()
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    names = [n for n in names if "lm_head" not in n]
+    with torch.no_grad():
+        for i, n in enumerate(names):
+            w = model.get_submodule(n).weight
+            w.copy_(q4_1_grid(*w.shape, seed=i))
+    return model, names
+
+
+BUDGET = {"bits_per_weight": 5.0, "bits_options": (4,), "group_options": (32,), "steps": 2}
+
+
+def test_budget_gives_float_zero_points_to_q_k_gate_up_only(
+    tiny_hf_model: Callable[..., Any],
+) -> None:
+    model, names = _grid_llama(tiny_hf_model)
+    ref = {n: model.get_submodule(n).weight.detach().clone() for n in names}
+    coreopt.quantize(model, dual=False, progress=False, **BUDGET)
+    rep = model.quantization_report
+    assert rep.bits_per_weight == pytest.approx(5.0, abs=1e-3)
+    floats = {r.name for r in rep.layers if "float zero" in r.note}
+    expected = {
+        n for n in names if n.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "gate_proj", "up_proj")
+    }
+    assert floats == expected
+    for n in names:
+        err = _rel(ref[n], model.get_submodule(n).effective_weight())
+        if n in expected:
+            assert err < 2e-3, n  # the grid is reproduced
+        else:
+            assert err > 1e-2, n  # integer zero points: 0 stays exact, the grid does not
+
+
+def test_budget_keeps_a_dual_transform_only_where_it_pays(
+    tiny_hf_model: Callable[..., Any],
+) -> None:
+    # folding Q/K's dual transform would move q and k off the grid their float-zero 4/32
+    # option stores exactly: at the budget's bit price it does not pay and is undone
+    model, names = _grid_llama(tiny_hf_model)
+    ref = {n: model.get_submodule(n).weight.detach().clone() for n in names}
+    coreopt.quantize(model, progress=False, dual_steps=20, **BUDGET)
+    rep = model.quantization_report
+    for r in rep.layers:
+        if r.name.rsplit(".", 1)[-1] in ("q_proj", "k_proj"):
+            assert r.dual is None, r.name
+            assert _rel(ref[r.name], model.get_submodule(r.name).effective_weight()) < 2e-3
