@@ -1,0 +1,69 @@
+"""The egalitarian tie-break's minimum-norm QP: the active-set polish against cvxpy/Clarabel.
+
+``_polish`` must return the exact minimum-norm point whatever active set it starts from (the
+first solver's multipliers only guide it), and must refuse (``None``) rather than return a point
+it cannot certify.
+"""
+
+import cvxpy as cp
+import numpy as np
+import pytest
+
+from coreopt.game.generation import _polish, _qp_highs
+
+
+def _instance(n: int, rows: int, seed: int):
+    rng = np.random.default_rng(seed)
+    inc = (rng.random((rows, n)) < 0.35).astype(float)
+    inc = inc[inc.sum(axis=1) > 0]
+    grand = float(n)
+    # feasible by construction (x0 satisfies every row), far from the equal split so that some
+    # rows bind at the minimum-norm point
+    x0 = rng.gamma(0.5, 2.0, n)
+    x0 *= grand / x0.sum()
+    rhs = inc @ x0 - np.abs(rng.normal(0.0, 0.3, inc.shape[0]))
+    return inc, rhs, grand
+
+
+def _reference(inc, rhs, grand):
+    x = cp.Variable(inc.shape[1])
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x)), [cp.sum(x) == grand, inc @ x >= rhs])
+    prob.solve(solver=cp.CLARABEL)
+    assert prob.status == "optimal"
+    return np.asarray(x.value)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("start", ["highs", "binding", "plus_slack_rows", "minus_binding_rows"])
+def test_polish_reaches_the_minimum_norm_point_from_a_near_active_set(
+    seed: int, start: str
+) -> None:
+    """Started from HiGHS's multipliers, the true binding set, or that set with non-binding rows
+    added (they must leave) or binding rows removed (they must join): the same optimum."""
+    n = 30
+    inc, rhs, grand = _instance(n, 90, seed)
+    ref = _reference(inc, rhs, grand)
+    binding = (inc @ ref - rhs < 1e-6).astype(float)
+    assert binding.sum() >= 5  # the instance has an active set to find
+    first = np.arange(len(rhs))
+    dual = {
+        "highs": _qp_highs(n, grand, inc, rhs)[1],  # type: ignore[index]
+        "binding": binding,
+        "plus_slack_rows": binding + (first < 8) * (1 - binding),
+        "minus_binding_rows": binding * (np.cumsum(binding) > 3),
+    }[start]
+    x = _polish(n, grand, inc, rhs, dual, 1e-9)
+    assert x is not None
+    # optimal: feasible to machine precision and no larger than the interior-point optimum (the
+    # problem is strictly convex, so that pins the point)
+    assert float(np.min(inc @ x - rhs)) >= -1e-9
+    assert abs(x.sum() - grand) < 1e-9
+    assert float(x @ x) <= float(ref @ ref) + 1e-9
+    np.testing.assert_allclose(x, ref, atol=1e-3)
+
+
+def test_polish_refuses_an_infeasible_system() -> None:
+    n = 4
+    rows = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    rhs = np.full(4, 2.0)  # x_i >= 2 for all i with sum x = 4: infeasible
+    assert _polish(n, 4.0, rows, rhs, np.ones(4), 1e-9) is None
