@@ -143,7 +143,8 @@ async def aleast_core(
 
     The LP work runs in a worker thread; ``async`` value calls run on the caller's loop (so
     clients bound to that loop keep working) and never block it. Cancelling the task (Ctrl-C
-    under ``asyncio.run`` does) stops further value calls and re-raises the
+    under ``asyncio.run`` does) stops further value calls, waits for the calls in flight (they
+    are paid for; a second cancellation stops the wait) and re-raises the
     ``asyncio.CancelledError`` with ``err.values`` (under ``asyncio.run`` the
     ``KeyboardInterrupt`` it then raises has that error as ``__context__``); with ``checkpoint=``
     every value is on disk anyway.
@@ -151,14 +152,18 @@ async def aleast_core(
     cfg = _merge_config(config, budget, overrides)
     loop = asyncio.get_running_loop()
     box: dict[str, Any] = {}
+    worker = asyncio.ensure_future(
+        asyncio.to_thread(_solve, value_fn, players, cfg, known_values, loop, checkpoint, box)
+    )
     try:
-        return await asyncio.to_thread(
-            _solve, value_fn, players, cfg, known_values, loop, checkpoint, box
-        )
+        return await asyncio.shield(worker)
     except asyncio.CancelledError as exc:
         ledger: PaidLedger | None = box.get("ledger")
         if ledger is not None:
             ledger.halt()
+            # no new call starts; the calls in flight are paid for: wait for their values (a
+            # second cancellation, or Ctrl-C under asyncio.run, stops waiting)
+            await asyncio.wait({worker})
             attach_values(exc, _all_values(ledger, box.get("known") or {}, box["state"]))
         raise
 
