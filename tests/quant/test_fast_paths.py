@@ -128,3 +128,31 @@ def test_fan_out_shares_the_intra_op_threads_between_workers() -> None:
     finally:
         _REGISTRY.pop("recording", None)
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("zero_point", ["integer", "float"])
+def test_range_search_matches_a_hand_written_search(zero_point: str) -> None:
+    # fit_group_params scores each shrink factor as s² Σ w (q - y)² in place; a plain
+    # dequantize-and-compare search must pick the same factor for every group
+    from coreopt.quant.format import QuantFormat, dequantize_codes, quantize_codes, range_params
+    from coreopt.quant.rounding import DEFAULT_SHRINK_GRID, fit_group_params
+
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(32, 256, generator=gen, dtype=torch.float64)
+    W[:, 3] *= 8  # an outlier column, so that shrinking pays in some groups
+    w = torch.rand(256, generator=gen, dtype=torch.float64)
+    fmt = QuantFormat(3, 64, zero_point=zero_point)  # type: ignore[arg-type]
+    G = W.reshape(32, 4, 64)
+    errs, params = [], []
+    for a in DEFAULT_SHRINK_GRID:
+        s, z = range_params(G.amin(-1), G.amax(-1), fmt, shrink=a)
+        W_hat = dequantize_codes(quantize_codes(W, s, z, fmt), s, z, 64, torch.float64)
+        errs.append((((W - W_hat) ** 2) * w).reshape(32, 4, 64).sum(-1))
+        params.append((s, z))
+    best = torch.stack(errs).argmin(0)
+    s_ref = torch.stack([p[0] for p in params]).gather(0, best.unsqueeze(0))[0]
+    z_ref = torch.stack([p[1] for p in params]).gather(0, best.unsqueeze(0))[0]
+    s, z = fit_group_params(W, fmt, weight=w)
+    assert float((best > 0).float().mean()) > 0.1  # the search does shrink some groups
+    torch.testing.assert_close(s, s_ref, rtol=0, atol=0)
+    torch.testing.assert_close(z, z_ref, rtol=0, atol=0)

@@ -57,9 +57,11 @@ def fit_group_params(
     lo, hi = G.amin(dim=-1), G.amax(dim=-1)  # once for every shrink factor
     for a in grid:
         s, z = range_params(lo, hi, fmt, shrink=a)
-        q = torch.round(G / s.unsqueeze(-1) + z.unsqueeze(-1)).clamp_(0, fmt.qmax)
-        e = (G - (q - z.unsqueeze(-1)) * s.unsqueeze(-1)) ** 2
-        err = (e * wcol).sum(-1) if wcol is not None else e.sum(-1)
+        # the error (q - z) s - w = s (q - y) with y = w / s + z, squared: s² (q - y)², in
+        # place (seven passes over the group instead of ten)
+        y = torch.addcdiv(z.unsqueeze(-1), G, s.unsqueeze(-1))
+        r = y.round().clamp_(0, fmt.qmax).sub_(y).square_()
+        err = (r.mul_(wcol) if wcol is not None else r).sum(-1) * s.square()
         if best is None or best_err is None:
             best_err, best = err, (s, z)
         else:
