@@ -63,6 +63,7 @@ def test_sized_probes_reach_small_coalitions_that_uniform_probes_never_draw() ->
             mode="approximate",
             oracles=("probes",),
             probe_sizes=kind,
+            greedy_paths=0,
             confirm_probes=0,
             audit_probes=0,
             seeds=("singletons",),
@@ -90,6 +91,7 @@ def test_neighbourhood_ascent_evaluates_whole_neighbourhoods_of_the_best_coaliti
             mode="approximate",
             oracles=("probes",),
             neighbourhood_ascent=k,
+            greedy_paths=0,
             confirm_probes=0,
             audit_probes=0,
             progress=False,
@@ -156,16 +158,24 @@ def test_auto_aims_the_search_only_at_games_whose_singletons_outweigh_the_grand_
     singles = sum(game.value_of_mask(1 << i) for i in range(n))
     aimed = singles > game.value_of_mask((1 << n) - 1)
     assert aimed == (family == "coverage")
-    explicit = (
-        OPTIONS
-        if aimed
-        else {"surrogate": "quadratic", "probe_sizes": "uniform", "neighbourhood_ascent": 0}
-    )
-    other = (
-        {"surrogate": "quadratic", "probe_sizes": "uniform", "neighbourhood_ascent": 0}
-        if aimed
-        else OPTIONS
-    )
+    aimed_options = {
+        "surrogate": "quadratic_size",
+        "probe_sizes": "sized",
+        "neighbourhood_ascent": 0,
+        "greedy_paths": 2,
+        "batch_size": 8,
+        "probes": 8,
+    }
+    uniform_options = {
+        "surrogate": "quadratic",
+        "probe_sizes": "uniform",
+        "neighbourhood_ascent": 0,
+        "greedy_paths": 0,
+        "batch_size": 32,
+        "probes": 32,
+    }
+    explicit = aimed_options if aimed else uniform_options
+    other = uniform_options if aimed else aimed_options
     runs = {}
     for name, opts in (("auto", {}), ("explicit", explicit), ("other", other)):
         fn, calls = _recorder(game)

@@ -74,8 +74,10 @@ class LeastCoreConfig:
         enumerate_max_n: largest n for which the surrogate is maximised by enumeration and the
             tie-broken payoff is the separation target each round (above it the target is the
             LP's optimum and the tie-break runs once, at the end).
-        batch_size: candidate coalitions evaluated per round (one batch of real calls).
-        probes: probes per round.
+        batch_size: surrogate candidates (and as many local-search flips) evaluated per round
+            (one batch of real calls). ``None`` (default): 32, or 8 when the greedy search
+            (``greedy_paths``) is on: more, cheaper rounds.
+        probes: probes per round (``None``, the default: 32, or 8 as for ``batch_size``).
         probe_sizes: ``"uniform"`` (each player in with probability 1/2, so sizes near
             ``n/2``; these probes also give the out-of-sample estimate), ``"sized"`` (size
             uniform on ``1..n-1``, then members uniform, for the probes, the complementary-pair
@@ -86,8 +88,19 @@ class LeastCoreConfig:
         neighbourhood_ascent: each round, after the candidates and probes are evaluated,
             evaluate every unevaluated 1-flip neighbour of this many of them with the largest
             true excess ``v(S) - x(S)`` at the round's payoff (at most ``n`` real calls each;
-            ``0``: off; ``None``, the default: 1 when ``probe_sizes="auto"`` would pick
-            ``"sized"``, else 0).
+            ``0``: off; ``None``, the default: 0; it was 1 for games that look subadditive
+            before ``greedy_paths`` replaced it there).
+        greedy_paths: each round, this many local searches of the TRUE excess ``v(S) - x(S)``
+            at the round's payoff, started from the evaluated coalitions of largest excess
+            there (:func:`~coreopt.game.separation.greedy_paths`: additions ranked by the
+            surrogate, ``greedy_per_step`` real calls per step, then every removal, then the
+            best-ranked swaps; each move taken only when the true excess grows); when they and
+            the round's other candidates find nothing violated, as many more start from
+            singletons, taken in turn. Every coalition evaluated joins the LP. ``0``: off;
+            ``None`` (default): 2 above ``enumerate_max_n`` players on a game whose singletons
+            together are worth more than ``v(N)`` (coverage-like, subadditive games, where a
+            pairwise surrogate under-predicts the small coalitions that bind), else 0.
+        greedy_per_step: real calls per search and step of ``greedy_paths`` (additions, swaps).
         confirm_probes: when a round's candidates and probes show no violation, this many fresh
             uniform probes must also show none before stopping (a PAC-style check: 300 clean
             probes bound the violated fraction by 1% at 95% confidence). ``0`` skips it.
@@ -124,10 +137,12 @@ class LeastCoreConfig:
     clean_rounds: int = 1
     surrogate_solver: Literal["auto", "enumerate", "milp", "mincut", "ascent"] = "auto"
     enumerate_max_n: int = 20
-    batch_size: int = 32
-    probes: int = 32
+    batch_size: int | None = None
+    probes: int | None = None
     probe_sizes: Literal["auto", "uniform", "sized"] = "auto"
     neighbourhood_ascent: int | None = None
+    greedy_paths: int | None = None
+    greedy_per_step: int = 2
     confirm_probes: int = 300
     confirm_ascents: int = 16
     max_rounds: int = 1000
@@ -175,8 +190,20 @@ class LeastCoreConfig:
             )
         if self.surrogate_solver not in ("auto", "enumerate", "milp", "mincut", "ascent"):
             raise ValueError(f"surrogate_solver={self.surrogate_solver!r} is unknown")
+        for name in ("batch_size", "probes", "greedy_paths"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | np.integer)
+            ):
+                raise TypeError(f"{name} must be an int or None, got {value!r}")
+        if self.greedy_per_step < 1:
+            raise ValueError(f"greedy_per_step must be >= 1, got {self.greedy_per_step!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        for name in ("probes", "greedy_paths"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 or None, got {getattr(self, name)!r}")
         for name in (
-            "batch_size",
             "max_rounds",
             "rows_per_round",
             "max_concurrency",
@@ -185,7 +212,6 @@ class LeastCoreConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in (
-            "probes",
             "confirm_probes",
             "confirm_ascents",
             "audit_probes",

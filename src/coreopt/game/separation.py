@@ -14,6 +14,7 @@ The candidates are then evaluated for real in one batch by the caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import highspy
@@ -477,3 +478,121 @@ def random_masks(rng: np.random.Generator, n: int, k: int) -> list[int]:
         if n == 1:
             break
     return out[:k]
+
+
+def greedy_paths(
+    evaluate: Callable[[list[int]], None],
+    value: Callable[[int], float | None],
+    surrogate: Surrogate | None,
+    x: npt.NDArray[np.float64],
+    starts: list[int],
+    per_step: int,
+    tol: float,
+    max_moves: int | None = None,
+    swaps: bool = True,
+) -> list[int]:
+    """Local ascents of the TRUE excess ``v(S) - x(S)`` from ``starts``, all paths in lock-step.
+
+    A separation aimed at the payoff ``x`` for games whose binding coalitions a pairwise
+    surrogate cannot see (coverage-like, submodular games: the surrogate under-predicts the
+    few small coalitions that cover almost everything). A path ``S`` tries, in turn:
+
+    * **add**: the ``per_step`` additions ``S + j`` of largest surrogate-predicted gain in
+      excess (``v̂(S + j) - v̂(S) - x_j``; ``-x_j`` alone without a surrogate), not yet known;
+    * **drop**: every removal ``S - i``;
+    * **swap**: the ``per_step`` swaps ``S - i + j`` of largest predicted gain;
+
+    each phase's calls for all paths in one batch (``evaluate``). The path moves to the known
+    neighbour of that kind with the largest true excess when it gains more than ``tol`` (known
+    neighbours cost nothing) and starts again with additions; else it goes to the next phase,
+    and after the swaps it ends. At most ``max_moves`` moves per path (default ``2n``): a
+    deterministic amount of work, no wall clock.
+
+    Args:
+        evaluate: pays for a list of coalitions (within its budget; values then readable).
+        value: ``v(mask)`` when known, else ``None``.
+        surrogate: ranks the additions and swaps (``None``: by ``x`` alone).
+        x: the payoff aimed at, shape ``(n,)``.
+        starts: proper coalitions to climb from (evaluated first when unknown).
+        per_step: real evaluations per path in an add or swap step.
+        tol: smallest gain that counts as an improvement.
+
+    Returns:
+        The paths' end points (local maxima of the true excess over the neighbours tried),
+        best first, without repeats.
+    """
+    n = x.shape[0]
+    grand = (1 << n) - 1
+    starts = [m for m in dict.fromkeys(starts) if m not in (0, grand)]
+    evaluate([m for m in starts if value(m) is None])
+    limit = 2 * n if max_moves is None else max_moves
+    last_phase = 2 if swaps else 1
+    a = np.zeros(n) if surrogate is None else surrogate.a
+    bsym = np.zeros((n, n)) if surrogate is None else surrogate.b + surrogate.b.T
+    ends: dict[int, float] = {}
+    # (coalition, phase, moves); phases 0 add, 1 drop, 2 swap
+    state = [(m, 0, 0) for m in starts if value(m) is not None]
+    while state:
+        asks: list[list[int]] = []
+        nbs: list[list[int]] = []
+        for m, phase, _ in state:
+            z = np.array([(m >> k) & 1 for k in range(n)], dtype=bool)
+            ins, outs = np.flatnonzero(z), np.flatnonzero(~z)
+            field = a + z.astype(np.float64) @ bsym - x  # predicted gain of adding k
+            if phase == 0:
+                ok = ins.size < n - 1
+                order = outs[np.argsort(-field[outs], kind="stable")] if ok else outs[:0]
+                nb = [m | (1 << int(k)) for k in order]
+                asks.append([c for c in nb if value(c) is None][:per_step])
+            elif phase == 1:
+                nb = [m ^ (1 << int(k)) for k in ins] if ins.size > 1 else []
+                asks.append([c for c in nb if value(c) is None])
+            else:
+                # v̂(S - i + j) - v̂(S) - x_j + x_i = field_j - field_i - bsym_ij
+                gain = field[outs][None, :] - field[ins][:, None] - bsym[np.ix_(ins, outs)]
+                flat = np.argsort(-gain, axis=None, kind="stable")
+                rows, cols = np.unravel_index(flat, gain.shape)
+                nb = [
+                    m ^ (1 << int(ins[p])) ^ (1 << int(outs[q]))
+                    for p, q in zip(rows.tolist(), cols.tolist(), strict=True)
+                ]
+                asks.append([c for c in nb if value(c) is None][:per_step])
+            nbs.append(nb)
+        evaluate(list(dict.fromkeys(c for ask in asks for c in ask)))
+        nxt: list[tuple[int, int, int]] = []
+        for (m, phase, moves), ask, nb in zip(state, asks, nbs, strict=True):
+            best, best_ex = m, _excess(value, x, m)
+            for c in nb:
+                if value(c) is not None:
+                    ex = _excess(value, x, c)
+                    if ex > best_ex + tol:
+                        best, best_ex = c, ex
+            lost = any(value(c) is None for c in ask)  # the budget ran out
+            if lost:
+                ends[best] = best_ex
+            elif best != m and moves + 1 < limit:
+                nxt.append((best, 0, moves + 1))
+            elif best == m and phase < last_phase:
+                nxt.append((m, phase + 1, moves))
+            else:
+                ends[best] = best_ex
+        state = list(dict.fromkeys(nxt))
+    return sorted(ends, key=lambda m: -ends[m])
+
+
+def _excess(value: Callable[[int], float | None], x: npt.NDArray[np.float64], mask: int) -> float:
+    v = value(mask)
+    assert v is not None
+    return v - _dot(x, mask)
+
+
+def _dot(x: npt.NDArray[np.float64], mask: int) -> float:
+    """``x(S)`` for a bitmask (any n)."""
+    total = 0.0
+    i = 0
+    while mask:
+        if mask & 1:
+            total += float(x[i])
+        mask >>= 1
+        i += 1
+    return total
