@@ -863,8 +863,9 @@ then runs once, at the end). Separating at the LP's own vertex instead was measu
 GREEDY_PATHS = 2
 """``greedy_paths=None`` on a game that looks subadditive above ``enumerate_max_n`` players:
 two true-excess searches a round. Measured at n = 40, 5,000 calls, coverage seeds 0-5 (the
-payoff's requirement over e*, exact MILP audit): 2 paths with 8 candidates and 8 probes a round
-+4.3% mean; with 32 and 32 +5.8%; 1 path ... (see benchmarks/RESULTS.md)."""
+payoff's requirement over e*, exact MILP audit; benchmarks/RESULTS.md): 2 searches with 8
+candidates and 8 probes a round +4.3% mean (+7.9% without the searches); with 32 and 32 +5.8%;
+without the swap phase +4.6%."""
 
 DEFAULT_BATCH = 32
 """``batch_size=None`` / ``probes=None``: surrogate candidates / probes a round."""
@@ -896,9 +897,11 @@ def _resolve_search(
     A game whose singletons together are worth more than the grand coalition
     (``Σ v({i}) > v(N)``, after ``v(∅)`` is subtracted when ``normalize``) looks subadditive, like
     a coverage game: its binding coalitions are small, so above ``enumerate_max_n`` players the
-    search is aimed there (``probe_sizes="sized"``, ``neighbourhood_ascent=1`` and, up to
+    search is aimed there (``probe_sizes="sized"``, ``greedy_paths=GREEDY_PATHS`` and, up to
     ``QUADRATIC_MAX_N`` players, ``surrogate="quadratic_size"``). Any other game keeps the
-    uniform search. The test uses values already paid for and no random draw.
+    uniform search. ``batch_size`` and ``probes`` left at ``None`` become ``AIMED_BATCH`` when the
+    greedy search is on, else ``DEFAULT_BATCH``. The test uses values already paid for and no
+    random draw.
     """
     offset = oracle.cache[0] if cfg.normalize else 0.0
     singles = sum(oracle.cache[1 << i] - offset for i in range(n))
