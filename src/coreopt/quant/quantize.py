@@ -1044,8 +1044,9 @@ def _price_formats(
     tasks: list[MatrixTask], cfg: QuantizeConfig, float_zero: set[str]
 ) -> list[list[Option]]:
     """The transform-free options of every layer (bits x group size x zero point, float zero
-    points only for the layers in ``float_zero``), each priced in stored bits and its loss
-    estimated by round-to-nearest under the layer's prior."""
+    points for the layers in ``float_zero`` and, elsewhere, only where they store the weights
+    as they are, see :data:`EXACT_LOSS`), each priced in stored bits and its loss estimated by
+    round-to-nearest under the layer's prior."""
     formats = [
         QuantFormat(b, g, cfg.scale_dtype, z)  # type: ignore[arg-type]
         for b in sorted(set(cfg.bits_options))
@@ -1053,18 +1054,24 @@ def _price_formats(
         for z in dict.fromkeys(cfg.zero_point_options)
     ]
 
-    def layer_formats(t: MatrixTask) -> list[QuantFormat]:
-        fs = [f for f in formats if f.zero_point == "integer" or t.name in float_zero]
-        return fs or [dataclasses.replace(f, zero_point="integer") for f in formats]
+    if not any(f.zero_point == "integer" for f in formats):
+        formats += [dataclasses.replace(f, zero_point="integer") for f in formats]
 
-    return list(
-        parallel_map(
-            lambda t: _layer_options(t, cfg, layer_formats(t)),
-            tasks,
-            max_workers=_workers(cfg),
-            progress=False,
-        )
+    def keep(t: MatrixTask, o: Option) -> bool:
+        return o.zero_point == "integer" or t.name in float_zero or o.loss <= EXACT_LOSS
+
+    priced = parallel_map(
+        lambda t: _layer_options(t, cfg, formats), tasks, max_workers=_workers(cfg), progress=False
     )
+    return [[o for o in opts if keep(t, o)] for t, opts in zip(tasks, priced, strict=True)]
+
+
+EXACT_LOSS = 1e-6
+"""A float-zero option is offered to a layer outside :func:`float_zero_layers` (V, O, down) only
+where its estimated relative proxy is at most this: where it stores the weights as they are
+(weights dequantized from a ``d q + m`` grid, SmolLM2 here: about 2e-7 at 4/32), so that every
+tiny weight is stored as it is and 0 need not be a level. 8-bit round-to-nearest of float
+weights stays above it (about 5e-6)."""
 
 
 def _budget_plan(
