@@ -480,6 +480,14 @@ def random_masks(rng: np.random.Generator, n: int, k: int) -> list[int]:
     return out[:k]
 
 
+GREEDY_MAX_DROPS = 64
+""":func:`greedy_paths`: removals tried per step at most (all of them up to 64 members; bounds
+the calls of one step at large n)."""
+
+GREEDY_MAX_SWAPS = 4096
+""":func:`greedy_paths`: swaps ranked per step at most (every swap up to 64 x 64)."""
+
+
 def greedy_paths(
     evaluate: Callable[[list[int]], None],
     value: Callable[[int], float | None],
@@ -499,8 +507,10 @@ def greedy_paths(
 
     * **add**: the ``per_step`` additions ``S + j`` of largest surrogate-predicted gain in
       excess (``v̂(S + j) - v̂(S) - x_j``; ``-x_j`` alone without a surrogate), not yet known;
-    * **drop**: every removal ``S - i``;
-    * **swap**: the ``per_step`` swaps ``S - i + j`` of largest predicted gain;
+    * **drop**: every removal ``S - i`` (above ``GREEDY_MAX_DROPS`` members, that many of
+      largest predicted gain);
+    * **swap**: the ``per_step`` swaps ``S - i + j`` of largest predicted gain (known swaps
+      among the ``GREEDY_MAX_SWAPS`` best-ranked count too);
 
     each phase's calls for all paths in one batch (``evaluate``). The path moves to the known
     neighbour of that kind with the largest true excess when it gains more than ``tol`` (known
@@ -545,12 +555,14 @@ def greedy_paths(
                 nb = [m | (1 << int(k)) for k in order]
                 asks.append([c for c in nb if value(c) is None][:per_step])
             elif phase == 1:
-                nb = [m ^ (1 << int(k)) for k in ins] if ins.size > 1 else []
+                if ins.size > GREEDY_MAX_DROPS:  # large n: the best-ranked removals only
+                    ins = ins[np.argsort(field[ins], kind="stable")[:GREEDY_MAX_DROPS]]
+                nb = [m ^ (1 << int(k)) for k in ins] if z.sum() > 1 else []
                 asks.append([c for c in nb if value(c) is None])
             else:
                 # v̂(S - i + j) - v̂(S) - x_j + x_i = field_j - field_i - bsym_ij
                 gain = field[outs][None, :] - field[ins][:, None] - bsym[np.ix_(ins, outs)]
-                flat = np.argsort(-gain, axis=None, kind="stable")
+                flat = np.argsort(-gain, axis=None, kind="stable")[:GREEDY_MAX_SWAPS]
                 rows, cols = np.unravel_index(flat, gain.shape)
                 nb = [
                     m ^ (1 << int(ins[p])) ^ (1 << int(outs[q]))
