@@ -131,9 +131,11 @@ class QuantizeConfig:
         zero_point: ``"integer"`` (default) or ``"float"`` zero points (see
             :class:`~coreopt.quant.QuantFormat`; same bytes).
         zero_point_options: the zero points the budget search may choose from, per layer, by
-            the proxy loss (both cost the same bytes). A float zero point puts the levels at
-            the group's minimum, which matters on weights that are themselves a dequantized
-            ``d q + m`` grid (SmolLM2 here: Q4_1, 4-bit groups of 32).
+            the proxy loss (both cost the same bytes). Float zero points are offered to the
+            query, key, gate and up projections, and to the others only where they store the
+            weights as they are (``EXACT_LOSS`` in :mod:`coreopt.quant.quantize`). A float zero
+            point puts the levels at the group's minimum, which matters on weights that are
+            themselves a dequantized ``d q + m`` grid (SmolLM2 here: Q4_1, 4-bit groups of 32).
     """
 
     bits: int = 4
