@@ -726,8 +726,10 @@ def quantize(
     With ``bits_per_weight=B`` the formats are chosen per layer instead: bits, group size and
     whether a transform (and of which block size) is worth its bytes, minimising the summed proxy
     loss under an average of ``B`` stored bits per quantized weight, every stored byte counted
-    (see :mod:`coreopt.quant.budget`). ``model.quantization_report.bits_per_weight`` reports what
-    was stored.
+    (see :mod:`coreopt.quant.budget`), and the zero point (integer, or float where
+    :func:`float_zero_layers` or :data:`EXACT_LOSS` allow it); a dual transform stays folded
+    only where it pays at the budget (:func:`_fold_all_budget`).
+    ``model.quantization_report.bits_per_weight`` reports what was stored.
 
     Returns:
         ``model`` itself, with ``model.quantization_report`` (a :class:`QuantizeResult`). A second
