@@ -99,3 +99,15 @@ def test_budget_keeps_a_dual_transform_only_where_it_pays(
         if r.name.rsplit(".", 1)[-1] in ("q_proj", "k_proj"):
             assert r.dual is None, r.name
             assert _rel(ref[r.name], model.get_submodule(r.name).effective_weight()) < 2e-3
+
+
+def test_budget_leaves_the_dual_transforms_of_exactly_stored_layers_undone(
+    tiny_hf_model: Callable[..., Any],
+) -> None:
+    # every layer is a grid some option stores as it is: no dual transform is kept, even where
+    # the knapsack does not buy that option (a 4.5 budget cannot pay 5 bits everywhere)
+    model, _ = _grid_llama(tiny_hf_model)
+    coreopt.quantize(model, bits_per_weight=4.5, progress=False, steps=2, dual_steps=20)
+    rep = model.quantization_report
+    assert {r.dual for r in rep.layers} == {None}
+    assert any(r.group_size > 32 for r in rep.layers)  # the exact option is not bought everywhere

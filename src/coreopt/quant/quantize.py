@@ -601,8 +601,10 @@ def _fold_all_budget(
     :func:`_budget_plan`) and the price of a bit ``λ`` is read off them
     (:func:`~coreopt.quant.budget.bit_price`); then every dual transform is learned and folded
     (:func:`_fold_all`) and the layers it changed are priced again. A dual transform stays folded
-    only where it lowers the Lagrangian of its two layers, ``Σ min_option (loss + λ · bits)``;
-    elsewhere the layers get their weights back. A transform learned for one format can make
+    only where it lowers the Lagrangian of its two layers, ``Σ min_option (loss + λ · bits)``,
+    and neither layer has an option that stores it as it is (estimated loss at most
+    :data:`EXACT_LOSS`: an already quantized grid, which a fold moves off); elsewhere the
+    layers get their weights back. A transform learned for one format can make
     the weights worse under another: weights dequantized from a ``d q + m`` grid (SmolLM2 here)
     are stored almost exactly by a float-zero 4-bit group-32 option, which any fold destroys.
 
@@ -650,7 +652,8 @@ def _fold_all_budget(
         if not all(duals.get(n) == kind for n in pair):
             continue
         before, after = value(opts0, pair), value(opts1, pair)
-        if after < before:
+        exact = any(min(o.loss for o in opts0[n]) <= EXACT_LOSS for n in pair)
+        if after < before and not exact:
             for n in pair:
                 options[n] = opts1[n]
                 if n in m1:
