@@ -763,10 +763,17 @@ def _neighbourhoods(
         more, ok = check(nb, x, level)
         complete = complete and ok
         out += [m for m in more if m not in out]
-    if out:
-        ex_out = np.array([value(m) for m in out]) - _coalition_sums(x, out, n)
-        out = [out[i] for i in np.argsort(-ex_out, kind="stable").tolist()]
-    return out, complete
+    return _by_true_excess(out, x, n, value), complete
+
+
+def _by_true_excess(
+    masks: list[int], x: npt.NDArray[np.float64], n: int, value: Callable[[int], float]
+) -> list[int]:
+    """``masks`` (evaluated) ordered by true excess ``v(S) - x(S)``, largest first (stable)."""
+    if not masks:
+        return masks
+    ex = np.array([value(m) for m in masks]) - _coalition_sums(x, masks, n)
+    return [masks[i] for i in np.argsort(-ex, kind="stable").tolist()]
 
 
 def _greedy_round(
@@ -810,10 +817,7 @@ def _greedy_round(
     new = [m for m in oracle.cache if m not in before and m != 0]
     more, complete = check(new, x, level)  # already paid for: sorts them, costs nothing
     out = list(found) + [m for m in more if m not in found]
-    if out:
-        ex = np.array([value(m) for m in out]) - _coalition_sums(x, out, n)
-        out = [out[i] for i in np.argsort(-ex, kind="stable").tolist()]
-    return out, complete and oracle.remaining != 0
+    return _by_true_excess(out, x, n, value), complete and oracle.remaining != 0
 
 
 def _ascend(
