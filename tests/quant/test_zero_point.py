@@ -3,6 +3,7 @@ file fit exactly, and the byte budget offering it to the layers where 0 need not
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -111,3 +112,46 @@ def test_budget_leaves_the_dual_transforms_of_exactly_stored_layers_undone(
     rep = model.quantization_report
     assert {r.dual for r in rep.layers} == {None}
     assert any(r.group_size > 32 for r in rep.layers)  # the exact option is not bought everywhere
+
+
+def test_budget_does_not_learn_the_dual_transforms_of_exactly_stored_layers(
+    tiny_hf_model: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # block 1 is a grid some option stores as it is, block 0 is the float model: only block 0's
+    # V/O, Q/K and gated-MLP transforms are learned (block 1's would be undone, so they are
+    # not even learned), and block 1 stores the same weights as without any dual transform
+    qz = importlib.import_module("coreopt.quant.quantize")  # the package exports the function
+
+    def build() -> torch.nn.Module:
+        model, names = _grid_llama(tiny_hf_model)
+        fresh = tiny_hf_model("llama", seed=0, tie_word_embeddings=True).eval()
+        with torch.no_grad():
+            for n in names:
+                if ".layers.0." in n:
+                    model.get_submodule(n).weight.copy_(fresh.get_submodule(n).weight)
+        return model
+
+    learned: list[str] = []
+    pair, gated = qz.learn_pair_transform, qz.learn_gated_scaling
+
+    def spy_pair(prob: Any, *a: Any, **k: Any) -> Any:
+        learned.append(prob.kind)
+        return pair(prob, *a, **k)
+
+    def spy_gated(W: torch.Tensor, *a: Any, **k: Any) -> Any:
+        learned.append("gated")
+        return gated(W, *a, **k)
+
+    monkeypatch.setattr(qz, "learn_pair_transform", spy_pair)
+    monkeypatch.setattr(qz, "learn_gated_scaling", spy_gated)
+    budget = {"bits_per_weight": 4.5, "steps": 2, "progress": False}
+    model = build()
+    coreopt.quantize(model, dual_steps=5, **budget)
+    assert sorted(learned) == ["gated", "qk", "vo"]  # block 0's; none of block 1's
+    ref = build()
+    coreopt.quantize(ref, dual=False, **budget)
+    for r in model.quantization_report.layers:
+        if ".layers.1." in r.name:
+            assert r.dual is None
+            a = model.get_submodule(r.name).effective_weight()
+            assert torch.equal(a, ref.get_submodule(r.name).effective_weight()), r.name

@@ -374,15 +374,21 @@ def _fold_attention(
     cfg: QuantizeConfig,
     x_m: InputMoments | None,
     device: torch.device | None,
+    kinds: frozenset[str] = frozenset({"vo", "qk"}),
 ) -> dict[str, str]:
-    """Learn and fold the V/O and Q/K dual transforms of one attention block (in place)."""
+    """Learn and fold the V/O and Q/K dual transforms of one attention block (in place); only
+    the kinds in ``kinds``."""
     mods = dict(model.named_modules())
     q, k, v, o = (mods[n] for n in (site.q, site.k, site.v, site.o))
     fmt = cfg.format
     notes: dict[str, str] = {}
     dev = device or v.weight.device
     m = None if x_m is None else x_m.normalized().to(dev)
-    if v.in_features % fmt.group_size == 0 and o.in_features % fmt.group_size == 0:
+    if (
+        "vo" in kinds
+        and v.in_features % fmt.group_size == 0
+        and o.in_features % fmt.group_size == 0
+    ):
         prob = PairProblem(
             "vo",
             o.weight.detach().float().to(dev),
@@ -407,7 +413,7 @@ def _fold_attention(
                 if v.bias is not None and bv is not None:
                     v.bias.copy_(bv)
             notes[site.v] = notes[site.o] = "vo"
-    if site.rope is not None and q.in_features % fmt.group_size == 0:
+    if "qk" in kinds and site.rope is not None and q.in_features % fmt.group_size == 0:
         prob = PairProblem(
             "qk",
             q.weight.detach().float().to(dev),
@@ -520,20 +526,33 @@ def _fold_all(
     target_set: set[str],
     device: torch.device | None,
     hidden0: dict[str, InputMoments] | None = None,
+    skip: set[tuple[str, str]] | None = None,
 ) -> tuple[dict[str, str], dict[str, InputMoments]]:
-    """Fold every dual transform of the targeted sites. Returns the notes and the MLP hidden
+    """Fold every dual transform of the targeted sites, except the units in ``skip`` (pairs
+    ``(a, b)`` of :func:`dual_units`, not even learned). Returns the notes and the MLP hidden
     moments it computed (or was given in ``hidden0``: ``{down projection: moments}`` before
     any fold), updated for the gated scalings folded (``Σ' = diag(s) Σ diag(s)``), so that they
     need not be computed again."""
     modules = dict(model.named_modules())
     duals: dict[str, str] = {}
-    att = [a for a in st.attention if {a.q, a.k, a.v, a.o} <= target_set]
-    mlps = [m for m in st.mlp if m.gate and {m.up, m.down, m.gate} <= target_set]
+    skip = skip or set()
+
+    def kinds(a: AttentionSite) -> frozenset[str]:
+        return frozenset(
+            k for k, pair in (("vo", (a.v, a.o)), ("qk", (a.q, a.k))) if pair not in skip
+        )
+
+    att = [a for a in st.attention if {a.q, a.k, a.v, a.o} <= target_set and kinds(a)]
+    mlps = [
+        m
+        for m in st.mlp
+        if m.gate and {m.up, m.down, m.gate} <= target_set and (m.up, m.down) not in skip
+    ]
 
     def fold_att(a: AttentionSite) -> dict[str, str]:
         x = norm_moments(modules[a.norm]) if a.norm else None
         x = layer_prior(modules[a.v].weight.detach(), x, cfg.prior)
-        return _fold_attention(model, a, cfg, x, device)
+        return _fold_attention(model, a, cfg, x, device, kinds(a))
 
     for notes in parallel_map(fold_att, att, max_workers=_workers(cfg), progress=False):
         duals.update(notes)
@@ -599,14 +618,16 @@ def _fold_all_budget(
 
     The transform-free options of every layer are priced on the model as it is (see
     :func:`_budget_plan`) and the price of a bit ``λ`` is read off them
-    (:func:`~coreopt.quant.budget.bit_price`); then every dual transform is learned and folded
-    (:func:`_fold_all`) and the layers it changed are priced again. A dual transform stays folded
-    only where it lowers the Lagrangian of its two layers, ``Σ min_option (loss + λ · bits)``,
-    and neither layer has an option that stores it as it is (estimated loss at most
-    :data:`EXACT_LOSS`: an already quantized grid, which a fold moves off); elsewhere the
-    layers get their weights back. A transform learned for one format can make
-    the weights worse under another: weights dequantized from a ``d q + m`` grid (SmolLM2 here)
-    are stored almost exactly by a float-zero 4-bit group-32 option, which any fold destroys.
+    (:func:`~coreopt.quant.budget.bit_price`). A dual transform one of whose layers has an option
+    that stores it as it is (estimated loss at most :data:`EXACT_LOSS`: an already quantized
+    grid, which a fold moves off) is not learned at all; every other one is learned and folded
+    (:func:`_fold_all`) and the layers it changed are priced again. It stays folded only where
+    it lowers the Lagrangian of its two layers, ``Σ min_option (loss + λ · bits)``; elsewhere
+    the layers get their weights back. A transform learned for one format can make the weights
+    worse under another: weights dequantized from a ``d q + m`` grid (SmolLM2 here) are stored
+    almost exactly by a float-zero 4-bit group-32 option, which any fold destroys. (Until
+    23e3087 such transforms were learned and then undone: the same weights, on SmolLM2 at 3.5
+    bits per weight about a third of the call's time.)
 
     Returns:
         ``(duals kept, input moments of every layer, options of every layer)``.
@@ -628,6 +649,11 @@ def _fold_all_budget(
     total = cfg.bits_per_weight * sum(_weight(model, n).numel() for n in names)
     lam = bit_price([opts0[n] for n in names], total)
     units = [(kind, pair) for kind, pair in dual_units(st) if all(n in target_set for n in pair)]
+    # a unit with a layer stored as it is by one of its options is undone below whatever it
+    # learns: not learned at all
+    exact = {n for n in names if min(o.loss for o in opts0[n]) <= EXACT_LOSS}
+    skip = {pair for _, pair in units if exact & set(pair)}
+    units = [(kind, pair) for kind, pair in units if pair not in skip]
     saved = {
         n: (
             modules[n].weight.detach().clone(),
@@ -637,7 +663,7 @@ def _fold_all_budget(
         for n in pair
     }
     hidden0 = {k: v for k, v in raw0.items() if v.source == "mlp"}
-    duals, hidden = _fold_all(model, st, cfg, target_set, device, hidden0 or None)
+    duals, hidden = _fold_all(model, st, cfg, target_set, device, hidden0 or None, skip)
     changed = [n for n in names if n in duals]
     m1 = structure_moments(model, st, hidden, only=set(changed)) if use_moments else {}
     m1.update(user_moments)
@@ -652,8 +678,7 @@ def _fold_all_budget(
         if not all(duals.get(n) == kind for n in pair):
             continue
         before, after = value(opts0, pair), value(opts1, pair)
-        exact = any(min(o.loss for o in opts0[n]) <= EXACT_LOSS for n in pair)
-        if after < before and not exact:
+        if after < before:
             for n in pair:
                 options[n] = opts1[n]
                 if n in m1:
