@@ -155,3 +155,45 @@ def test_budget_does_not_learn_the_dual_transforms_of_exactly_stored_layers(
             assert r.dual is None
             a = model.get_submodule(r.name).effective_weight()
             assert torch.equal(a, ref.get_submodule(r.name).effective_weight()), r.name
+
+
+def test_budget_checks_exactness_by_min_max_rounding_as_the_range_search_would(
+    tiny_hf_model: Callable[..., Any],
+) -> None:
+    # V/O/down get a float-zero option only where it stores the weights as they are; that is
+    # now checked by one min-max pass before the range search prices the option: the options
+    # must be those of pricing every float-zero option with the range search and keeping the
+    # exact ones (the rule written out here), on grids and on float weights alike
+    from coreopt.quant.methods import MatrixTask
+
+    qz = importlib.import_module("coreopt.quant.quantize")
+    model, names = _grid_llama(tiny_hf_model)
+    fresh = tiny_hf_model("llama", seed=0, tie_word_embeddings=True).eval()
+    with torch.no_grad():
+        for n in names:
+            if ".layers.0." in n:  # block 0: the float model, block 1: grids
+                model.get_submodule(n).weight.copy_(fresh.get_submodule(n).weight)
+    cfg = coreopt.quant.QuantizeConfig(bits_per_weight=4.5)
+    float_zero = qz.float_zero_layers(qz.discover(model))
+    tasks = [
+        MatrixTask(n, model.get_submodule(n).weight.detach().float(), None, i)
+        for i, n in enumerate(names)
+    ]
+    got = qz._price_formats(tasks, cfg, float_zero)
+    every = [
+        QuantFormat(b, g, cfg.scale_dtype, z)  # type: ignore[arg-type]
+        for b in sorted(cfg.bits_options)
+        for g in sorted(cfg.group_options)
+        for z in ("integer", "float")
+    ]
+    n_exact = 0
+    for t, opts in zip(tasks, got, strict=True):
+        full = qz._layer_options(t, cfg, every)
+        want = [
+            o
+            for o in full
+            if o.zero_point == "integer" or t.name in float_zero or o.loss <= qz.EXACT_LOSS
+        ]
+        assert opts == want, t.name
+        n_exact += t.name not in float_zero and any(o.zero_point == "float" for o in opts)
+    assert n_exact == 3  # block 1's v, o and down: grids; block 0's: none

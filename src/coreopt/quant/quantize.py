@@ -1029,15 +1029,23 @@ def _layer_options(t: MatrixTask, cfg: QuantizeConfig, formats: list[QuantFormat
     ]
 
 
-SCREEN: tuple[tuple[float, float], ...] = ((0.1, 0.6), (0.25, 0.65), (0.5, 0.85))
+SCREEN: tuple[tuple[float, float], ...] = (
+    (0.03, 0.35),
+    (0.1, 0.6),
+    (0.15, 0.68),
+    (0.25, 0.75),
+    (0.5, 0.85),
+)
 """The screen of the transforms learned to price budget options (:class:`_ScreenStop`): after
 each ``(fraction of steps, factor)``, the run stops when even ``factor`` times the current
 estimated loss would not make the option win. The factors bound how much the remaining steps can
-lower the loss: on SmolLM2 at 3.5 bits per weight the loss after all steps was at least 0.67 of
-the loss after a tenth of them, 0.72 of that after a quarter and 0.9 after half; with float zero
-points, on two SmolLM2 blocks and two MiniLM blocks at 3.5 and 4.5 (49 full runs), at least 0.73,
-0.82 and 0.91. The factors sit below every measured minimum (they were 0.4, 0.5 and 0.75 before:
-most runs that cannot win now stop after a tenth of the steps instead of half; docs/quant.md)."""
+lower the loss; they sit below every ratio measured of the loss after all 100 steps to the loss
+after 3, 10, 15, 25 and 50 (71 full runs on SmolLM2 at 3.5 and 4.5 bits per weight and MiniLM at
+3.5, every 4th, 6th and 2nd block, float zero points: minima 0.47, 0.67, 0.76, 0.83 and 0.90;
+an earlier 49 runs gave 0.73, 0.82 and 0.91 after 10, 25 and 50). Until this session the checks
+were after 10, 25 and 50 steps with factors 0.6, 0.65 and 0.85: the checks after 3 and 15
+steps and the factor 0.75 after 25 (runs that lose by 25-30% at the end used to run to 50)
+cut the steps of the runs the screen stops by about a third (docs/quant.md)."""
 
 
 @dataclass
@@ -1087,18 +1095,31 @@ def _price_formats(
     if not any(f.zero_point == "integer" for f in formats):
         formats += [dataclasses.replace(f, zero_point="integer") for f in formats]
 
-    def keep(t: MatrixTask, o: Option) -> bool:
-        return o.zero_point == "integer" or t.name in float_zero or o.loss <= EXACT_LOSS
+    plain = dataclasses.replace(cfg, clip_search=False)
 
-    priced = parallel_map(
-        lambda t: _layer_options(t, cfg, formats), tasks, max_workers=_workers(cfg), progress=False
-    )
-    return [[o for o in opts if keep(t, o)] for t, opts in zip(tasks, priced, strict=True)]
+    def layer(t: MatrixTask) -> list[Option]:
+        if t.name in float_zero:
+            return _layer_options(t, cfg, formats)
+        # elsewhere a float-zero option only where min-max rounding stores the weights as they
+        # are (one pass instead of the range search's seven; then priced like the others)
+        floats = [f for f in formats if f.zero_point == "float"]
+        exact = {
+            f
+            for f, o in zip(floats, _layer_options(t, plain, floats), strict=True)
+            if o.loss <= EXACT_LOSS
+        }
+        opts = _layer_options(
+            t, cfg, [f for f in formats if f.zero_point == "integer" or f in exact]
+        )
+        return [o for o in opts if o.zero_point == "integer" or o.loss <= EXACT_LOSS]
+
+    return parallel_map(layer, tasks, max_workers=_workers(cfg), progress=False)
 
 
 EXACT_LOSS = 1e-6
 """A float-zero option is offered to a layer outside :func:`float_zero_layers` (V, O, down) only
-where its estimated relative proxy is at most this: where it stores the weights as they are
+where its estimated relative proxy, with min-max rounding and with the range search, is at most
+this: where it stores the weights as they are
 (weights dequantized from a ``d q + m`` grid, SmolLM2 here: about 2e-7 at 4/32), so that every
 tiny weight is stored as it is and 0 need not be a level. 8-bit round-to-nearest of float
 weights stays above it (about 5e-6)."""
