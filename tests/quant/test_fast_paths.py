@@ -16,6 +16,7 @@ import coreopt
 from coreopt.quant import QuantizeConfig
 
 QUANTIZE = sys.modules["coreopt.quant.quantize"]
+SCREEN_STEPS = [max(1, int(frac * 100)) for frac, _ in QUANTIZE.SCREEN]
 
 
 class _Outliers(nn.Module):
@@ -66,6 +67,31 @@ def test_budget_screen_keeps_every_transform_the_full_pricing_chooses(
     assert picks == full_picks
     for a, b in zip(weights, full_weights, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_budget_screen_stops_a_hopeless_transform_after_three_of_100_steps(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the narrow plain layer's 16 x 16 transform cannot pay for its blocks at 3.5 bits: its
+    # estimated loss after 3 steps is about 4x the loss it would need, so the first check
+    # (SCREEN[0]: 3 of 100 steps) stops it; the wide outlier layers' transforms run in full
+    assert SCREEN_STEPS[0] == 3
+    with caplog.at_level(logging.DEBUG, logger="coreopt.quant"):
+        coreopt.quantize(
+            _Outliers(),
+            bits_per_weight=3.5,
+            prior="identity",
+            dual=False,
+            steps=100,
+            progress=False,
+            block_options=(16,),
+        )
+    msgs = [r.getMessage() for r in caplog.records]
+    screened = [m for m in msgs if "screened out" in m]
+    assert screened
+    assert all(m.startswith("layers.3:") for m in screened)
+    assert all("at step 3;" in m for m in screened), screened  # stopped at the first check
+    assert sum("transform priced" in m for m in msgs) == 3
 
 
 def test_dual_knee_stops_where_the_loss_curve_flattens() -> None:
