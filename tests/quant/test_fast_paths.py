@@ -94,6 +94,23 @@ def test_budget_screen_stops_a_hopeless_transform_after_three_of_100_steps(
     assert sum("transform priced" in m for m in msgs) == 3
 
 
+@pytest.mark.parametrize(
+    ("need", "stop_step"),
+    [(0.3, 3), (0.5, 10), (0.65, 15), (0.72, 25), (0.8, 50), (0.9, None)],
+)
+def test_budget_screen_checks_at_the_documented_steps_and_factors(
+    monkeypatch: pytest.MonkeyPatch, need: float, stop_step: int | None
+) -> None:
+    # the schedule as docs/quant.md states it: after 3, 10, 15, 25 and 50 of 100 steps a run
+    # whose estimated loss L has 0.35 L, 0.6 L, 0.68 L, 0.75 L, 0.85 L >= the loss it needs
+    # stops; here L = 1 at every step, so the stop step follows from `need` alone
+    monkeypatch.setattr(QUANTIZE, "estimate_loss", lambda *a, **k: 1.0)
+    cfg = QuantizeConfig(steps=100)
+    screen = QUANTIZE._ScreenStop(torch.zeros(4, 32), None, cfg.format, cfg, need)
+    stopped = next((s for s in range(100) if screen(s, torch.eye(4))), None)
+    assert stopped == stop_step
+
+
 def test_dual_knee_stops_where_the_loss_curve_flattens() -> None:
     # the knee rule against the full run's own loss curve: the stopped run is the full run cut at
     # the first step where the best loss fell by less than tol x itself over KNEE_WINDOW steps
