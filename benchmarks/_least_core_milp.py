@@ -27,9 +27,9 @@ _INF = highspy.kHighsInf
 
 
 def _model(n: int, extra_cost: npt.NDArray[np.float64], extra_int: bool) -> highspy.Highs:
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("threads", 1)
+    from coreopt.game.lp import new_highs
+
+    h = new_highs(threads=1)  # silent: no banner on stdout, output_flag off
     h.setOptionValue("mip_rel_gap", 1e-9)
     h.setOptionValue("mip_abs_gap", 1e-9)
     k = extra_cost.shape[0]

@@ -106,9 +106,9 @@ def test_greedy_search_alone_reaches_the_binding_region() -> None:
 
 def test_greedy_search_is_on_by_default_only_for_games_that_look_subadditive() -> None:
     # coverage (Σ v({i}) > v(N)) above enumerate_max_n: the default run is the run with
-    # greedy_paths=2 and 8 candidates and probes a round; weighted voting: greedy_paths=0
+    # greedy_paths=4, pruned, and 8 candidates and probes a round; weighted voting: greedy_paths=0
     n = 22
-    for family, expected in (("coverage", 2), ("voting", 0)):
+    for family, expected in (("coverage", 4), ("voting", 0)):
         game = games.BENCHMARK_FAMILIES[family](n, 0)
         auto = coreopt.least_core(game, n, budget=300, mode="approximate", progress=False)
         batch = 8 if expected else 32
@@ -118,6 +118,7 @@ def test_greedy_search_is_on_by_default_only_for_games_that_look_subadditive() -
             budget=300,
             mode="approximate",
             greedy_paths=expected,
+            greedy_prune=bool(expected),
             batch_size=batch,
             probes=batch,
             progress=False,

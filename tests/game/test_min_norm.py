@@ -67,3 +67,22 @@ def test_polish_refuses_an_infeasible_system() -> None:
     rows = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
     rhs = np.full(4, 2.0)  # x_i >= 2 for all i with sum x = 4: infeasible
     assert _polish(n, 4.0, rows, rhs, np.ones(4), 1e-9) is None
+
+
+def test_incremental_min_norm_is_exact_and_bounded_in_work(monkeypatch) -> None:
+    # the per-round target QP (warm HiGHS) equals the cvxpy reference; with its active-set
+    # iteration limit forced down to 1, a solve that needs more ends (None: the caller falls
+    # back to the LP's vertex) instead of running on: the limit counts work, not seconds
+    import coreopt.game.generation as generation
+
+    inc, rhs, grand = _instance(12, 60, 4)
+    masks = [int(sum(1 << i for i in np.flatnonzero(row))) for row in inc]
+    qp = generation.IncrementalMinNorm(12, grand, np.full(12, -np.inf))
+    qp.add_rows(masks, rhs.tolist())
+    x = qp.solve(0.0)
+    assert x is not None
+    np.testing.assert_allclose(x, _reference(inc, rhs, grand), atol=1e-6)
+    monkeypatch.setattr(generation, "QP_ITERATION_LIMIT", 1)
+    capped = generation.IncrementalMinNorm(12, grand, np.full(12, -np.inf))
+    capped.add_rows(masks, rhs.tolist())
+    assert capped.solve(0.0) is None

@@ -162,7 +162,8 @@ def test_auto_aims_the_search_only_at_games_whose_singletons_outweigh_the_grand_
         "surrogate": "quadratic_size",
         "probe_sizes": "sized",
         "neighbourhood_ascent": 0,
-        "greedy_paths": 2,
+        "greedy_paths": 4,
+        "greedy_prune": True,
         "batch_size": 8,
         "probes": 8,
     }
@@ -171,6 +172,7 @@ def test_auto_aims_the_search_only_at_games_whose_singletons_outweigh_the_grand_
         "probe_sizes": "uniform",
         "neighbourhood_ascent": 0,
         "greedy_paths": 0,
+        "greedy_prune": False,
         "batch_size": 32,
         "probes": 32,
     }

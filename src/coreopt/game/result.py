@@ -97,10 +97,16 @@ class LeastCoreConfig:
             best-ranked swaps; each move taken only when the true excess grows); when they and
             the round's other candidates find nothing violated, as many more start from
             singletons, taken in turn. Every coalition evaluated joins the LP. ``0``: off;
-            ``None`` (default): 2 above ``enumerate_max_n`` players on a game whose singletons
+            ``None`` (default): 4 above ``enumerate_max_n`` players on a game whose singletons
             together are worth more than ``v(N)`` (coverage-like, subadditive games, where a
             pairwise surrogate under-predicts the small coalitions that bind), else 0.
         greedy_per_step: real calls per search and step of ``greedy_paths`` (additions, swaps).
+        greedy_prune: ``greedy_paths`` skips the additions, removals and swaps that bounds from
+            the marginal gains already paid for show cannot raise the excess
+            (:class:`~coreopt.game.separation.MarginalIndex`: valid bounds for a submodular
+            game, a heuristic otherwise), so its calls go to neighbours that can. ``None``
+            (default): on where ``greedy_paths=None`` turns the search on (games that look
+            subadditive), else off.
         confirm_probes: when a round's candidates and probes show no violation, this many fresh
             uniform probes must also show none before stopping (a PAC-style check: 300 clean
             probes bound the violated fraction by 1% at 95% confidence). ``0`` skips it.
@@ -143,6 +149,7 @@ class LeastCoreConfig:
     neighbourhood_ascent: int | None = None
     greedy_paths: int | None = None
     greedy_per_step: int = 2
+    greedy_prune: bool | None = None
     confirm_probes: int = 300
     confirm_ascents: int = 16
     max_rounds: int = 1000
@@ -196,6 +203,8 @@ class LeastCoreConfig:
                 isinstance(value, bool) or not isinstance(value, int | np.integer)
             ):
                 raise TypeError(f"{name} must be an int or None, got {value!r}")
+        if self.greedy_prune is not None and not isinstance(self.greedy_prune, bool | np.bool_):
+            raise TypeError(f"greedy_prune must be a bool or None, got {self.greedy_prune!r}")
         if self.greedy_per_step < 1:
             raise ValueError(f"greedy_per_step must be >= 1, got {self.greedy_per_step!r}")
         if self.batch_size is not None and self.batch_size < 1:

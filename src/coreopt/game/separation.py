@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import highspy
 import numpy as np
@@ -498,6 +499,7 @@ def greedy_paths(
     tol: float,
     max_moves: int | None = None,
     swaps: bool = True,
+    index: MarginalIndex | None = None,
 ) -> list[int]:
     """Local ascents of the TRUE excess ``v(S) - x(S)`` from ``starts``, all paths in lock-step.
 
@@ -526,6 +528,12 @@ def greedy_paths(
         starts: proper coalitions to climb from (evaluated first when unknown).
         per_step: real evaluations per path in an add or swap step.
         tol: smallest gain that counts as an improvement.
+        index: marginal gains paid for so far (:class:`MarginalIndex`; the paths' calls are
+            added to it). When given, a neighbour is not evaluated when its bound on the change
+            in excess is at most ``tol``: ``u_j(S) - x_j`` for ``S + j``, ``x_i - l_i(S)`` for
+            ``S - i`` and ``u_j(S - i) - x_j + x_i - l_i(S)`` for ``S - i + j``. On a
+            submodular game such a neighbour cannot gain, so the calls go to those that can;
+            on other games the bounds are a heuristic.
 
     Returns:
         The paths' end points (local maxima of the true excess over the neighbours tried),
@@ -533,6 +541,14 @@ def greedy_paths(
     """
     n = x.shape[0]
     grand = (1 << n) - 1
+    if index is not None:
+        pay, bounds = evaluate, index
+
+        def evaluate(masks: list[int]) -> None:
+            pay(masks)
+            got = [m for m in masks if value(m) is not None]
+            bounds.add(got, [float(value(m)) for m in got])  # type: ignore[arg-type]
+
     starts = [m for m in dict.fromkeys(starts) if m not in (0, grand)]
     evaluate([m for m in starts if value(m) is None])
     limit = 2 * n if max_moves is None else max_moves
@@ -553,12 +569,20 @@ def greedy_paths(
                 ok = ins.size < n - 1
                 order = outs[np.argsort(-field[outs], kind="stable")] if ok else outs[:0]
                 nb = [m | (1 << int(k)) for k in order]
-                asks.append([c for c in nb if value(c) is None][:per_step])
+                can = [True] * len(nb)
+                if index is not None and nb:
+                    can = ((index.upper(m) - x)[order] > tol).tolist()
+                asks.append(
+                    [c for c, g in zip(nb, can, strict=True) if g and value(c) is None][:per_step]
+                )
             elif phase == 1:
                 if ins.size > GREEDY_MAX_DROPS:  # large n: the best-ranked removals only
                     ins = ins[np.argsort(field[ins], kind="stable")[:GREEDY_MAX_DROPS]]
                 nb = [m ^ (1 << int(k)) for k in ins] if z.sum() > 1 else []
-                asks.append([c for c in nb if value(c) is None])
+                can = [True] * len(nb)
+                if index is not None and nb:
+                    can = ((x - index.lower(m))[ins] > tol).tolist()
+                asks.append([c for c, g in zip(nb, can, strict=True) if g and value(c) is None])
             else:
                 # v̂(S - i + j) - v̂(S) - x_j + x_i = field_j - field_i - bsym_ij
                 gain = field[outs][None, :] - field[ins][:, None] - bsym[np.ix_(ins, outs)]
@@ -568,7 +592,14 @@ def greedy_paths(
                     m ^ (1 << int(ins[p])) ^ (1 << int(outs[q]))
                     for p, q in zip(rows.tolist(), cols.tolist(), strict=True)
                 ]
-                asks.append([c for c in nb if value(c) is None][:per_step])
+                can = [True] * len(nb)
+                if index is not None and nb:
+                    drop = (x - index.lower(m))[ins]
+                    up = index.upper_without(m, ins.tolist())[:, outs] - x[outs][None, :]
+                    can = ((up + drop[:, None])[rows, cols] > tol).tolist()
+                asks.append(
+                    [c for c, g in zip(nb, can, strict=True) if g and value(c) is None][:per_step]
+                )
             nbs.append(nb)
         evaluate(list(dict.fromkeys(c for ask in asks for c in ask)))
         nxt: list[tuple[int, int, int]] = []
@@ -608,3 +639,129 @@ def _dot(x: npt.NDArray[np.float64], mask: int) -> float:
         mask >>= 1
         i += 1
     return total
+
+
+class MarginalIndex:
+    """Marginal gains ``v(T + j) - v(T)`` between pairs of evaluated coalitions (the *edges*).
+
+    Every evaluated coalition ``M`` is checked against its ``n`` one-flip partners; each pair
+    ``(T, T + j)`` with both values known is one edge ``(T, j, gain)``. For a submodular game
+    (marginal gains shrink as the coalition grows) the edges bound the marginal gain of ``j`` at
+    any ``S``: from above by any edge with ``T ⊆ S`` (:meth:`upper`), from below by any edge with
+    ``T ⊇ S - j`` (:meth:`lower`). :func:`greedy_paths` skips the neighbours whose bounds show
+    they cannot raise the excess (the pruning of lazy greedy, Minoux 1978); on a game that is
+    not submodular the bounds can be wrong, and a skipped neighbour is only a missed one.
+
+    ``v(∅)`` is taken as ``empty_value`` (0: the solver's values have ``v(∅)`` subtracted or
+    assumed zero), so the singletons give the first edges ``(∅, j, v({j}))``. Storage grows
+    by doubling; a query is one vectorised pass over the edges (int64 masks up to 62 players,
+    Python ints beyond).
+    """
+
+    def __init__(self, n: int, empty_value: float = 0.0) -> None:
+        self.n = n
+        self.known: dict[int, float] = {0: float(empty_value)}
+        self._size = 0
+        dtype: Any = np.int64 if n <= MAX_VECTOR_PLAYERS else object
+        self._base_buf = np.zeros(256, dtype=dtype)
+        self._player_buf = np.zeros(256, dtype=np.int64)
+        self._gain_buf = np.zeros(256, dtype=np.float64)
+
+    def add(self, masks: list[int], values: list[float]) -> None:
+        """Add evaluated coalitions (values in the same units as ``empty_value``)."""
+        bits = [1 << j for j in range(self.n)]
+        base: list[int] = []
+        player: list[int] = []
+        gain: list[float] = []
+        for m, v in zip(masks, values, strict=True):
+            if m in self.known:
+                continue
+            self.known[m] = float(v)
+            for j, bit in enumerate(bits):
+                pv = self.known.get(m ^ bit)
+                if pv is None:
+                    continue
+                if m & bit:
+                    base.append(m ^ bit)
+                    gain.append(float(v) - pv)
+                else:
+                    base.append(m)
+                    gain.append(pv - float(v))
+                player.append(j)
+        if not base:
+            return
+        end = self._size + len(base)
+        if end > self._base_buf.shape[0]:
+            cap = max(end, 2 * self._base_buf.shape[0])
+            for name in ("_base_buf", "_player_buf", "_gain_buf"):
+                old = getattr(self, name)
+                grown = np.zeros(cap, dtype=old.dtype)
+                grown[: self._size] = old[: self._size]
+                setattr(self, name, grown)
+        self._base_buf[self._size : end] = base
+        self._player_buf[self._size : end] = player
+        self._gain_buf[self._size : end] = gain
+        self._size = end
+
+    @property
+    def _arrays(self) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        k = self._size
+        return self._base_buf[:k], self._player_buf[:k], self._gain_buf[:k]
+
+    @property
+    def edges(self) -> int:
+        """Number of edges (pairs of evaluated coalitions one player apart)."""
+        return self._size
+
+    def _within(self, mask: int) -> npt.NDArray[np.bool_]:
+        base = self._arrays[0]
+        if self.n <= MAX_VECTOR_PLAYERS:
+            return np.asarray((base & np.int64(~mask)) == 0)
+        return np.array([(b & ~mask) == 0 for b in base.tolist()], dtype=bool)
+
+    def upper(self, mask: int) -> npt.NDArray[np.float64]:
+        """Shape ``(n,)``: the least gain of ``j`` over edges with ``T ⊆ mask`` (``inf`` where
+        there is none); for ``j`` outside ``mask`` an upper bound on ``v(S + j) - v(S)`` for a
+        submodular game."""
+        _, player, gain = self._arrays
+        out = np.full(self.n, np.inf)
+        sel = self._within(mask)
+        np.minimum.at(out, player[sel], gain[sel])
+        return out
+
+    def upper_without(self, mask: int, members: list[int]) -> npt.NDArray[np.float64]:
+        """Shape ``(len(members), n)``: row ``r`` is :meth:`upper` of ``mask - members[r]``."""
+        base, player, gain = self._arrays
+        out = np.full((len(members), self.n), np.inf)
+        sel = self._within(mask)
+        b, p, g = base[sel], player[sel], gain[sel]
+        for r, i in enumerate(members):
+            if self.n <= MAX_VECTOR_PLAYERS:
+                keep = (b & np.int64(1 << i)) == 0
+            else:
+                keep = np.array([not (int(t) >> i) & 1 for t in b.tolist()], dtype=bool)
+            np.minimum.at(out[r], p[keep], g[keep])
+        return out
+
+    def lower(self, mask: int) -> npt.NDArray[np.float64]:
+        """Shape ``(n,)``: for ``i`` in ``mask``, the largest gain of ``i`` over edges with
+        ``T ⊇ mask - i`` (a lower bound on ``v(S) - v(S - i)`` for a submodular game;
+        ``-inf`` where there is none). Entries outside ``mask`` are ``-inf``."""
+        base, player, gain = self._arrays
+        out = np.full(self.n, -np.inf)
+        if not base.shape[0]:
+            return out
+        if self.n <= MAX_VECTOR_PLAYERS:
+            bit = np.left_shift(np.int64(1), player)
+            rest = np.int64(mask) & ~base
+            sel = ((rest == 0) | (rest == bit)) & ((np.int64(mask) & bit) != 0)
+        else:
+            sel = np.array(
+                [
+                    (mask >> j) & 1 == 1 and (mask & ~t) in (0, 1 << j)
+                    for t, j in zip(base.tolist(), player.tolist(), strict=True)
+                ],
+                dtype=bool,
+            )
+        np.maximum.at(out, player[sel], gain[sel])
+        return out
