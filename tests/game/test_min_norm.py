@@ -69,7 +69,7 @@ def test_polish_refuses_an_infeasible_system() -> None:
     assert _polish(n, 4.0, rows, rhs, np.ones(4), 1e-9) is None
 
 
-def test_incremental_min_norm_is_exact_and_bounded_in_work(monkeypatch) -> None:
+def test_min_norm_qps_are_exact_and_bounded_in_work(monkeypatch) -> None:
     # the per-round target QP (warm HiGHS) equals the cvxpy reference; with its active-set
     # iteration limit forced down to 1, a solve that needs more ends (None: the caller falls
     # back to the LP's vertex) instead of running on: the limit counts work, not seconds
@@ -83,6 +83,13 @@ def test_incremental_min_norm_is_exact_and_bounded_in_work(monkeypatch) -> None:
     assert x is not None
     np.testing.assert_allclose(x, _reference(inc, rhs, grand), atol=1e-6)
     monkeypatch.setattr(generation, "QP_ITERATION_LIMIT", 1)
+    monkeypatch.setattr(generation, "QP_ITERATIONS_PER_PLAYER", 0)
     capped = generation.IncrementalMinNorm(12, grand, np.full(12, -np.inf))
     capped.add_rows(masks, rhs.tolist())
     assert capped.solve(0.0) is None
+    # the final tie-break's cold solve too: HiGHS gives up, so the caller's fallback runs
+    assert generation._qp_highs(12, grand, inc, rhs) is None
+    monkeypatch.undo()
+    x_cold = generation._qp_highs(12, grand, inc, rhs)
+    assert x_cold is not None
+    np.testing.assert_allclose(x_cold[0], x, atol=1e-6)

@@ -185,12 +185,30 @@ def _min_norm(
     return x_ip if polished is None else polished
 
 
+QP_ITERATION_LIMIT = 2000
+"""HiGHS's active-set QP (the min-norm point): iterations per solve at most, or
+``QP_ITERATIONS_PER_PLAYER`` per player if more. A bounded amount of work, not seconds: the QP
+can cycle on a sliver of a feasible set (measured: a warm per-round solve and the final
+tie-break's cold solve on coverage n = 40, seed 3, never returned). Normal solves stay far below
+(warm: at most ~220 at n = 40 with 5,000 rows; cold: 36 there, 1,854 at n = 1,000 with 1,500
+rows)."""
+
+
+QP_ITERATIONS_PER_PLAYER = 20
+
+
+def qp_iteration_limit(n: int) -> int:
+    """Active-set iterations allowed to one min-norm QP solve with ``n`` players."""
+    return max(QP_ITERATION_LIMIT, QP_ITERATIONS_PER_PLAYER * n)
+
+
 def _qp_highs(
     n: int, grand_value: float, rows: npt.NDArray[np.float64], rhs: npt.NDArray[np.float64]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
     """``argmin ½||x||²`` s.t. ``1·x = v(N)``, ``rows @ x >= rhs`` on HiGHS: ``(x, |multipliers|)``
     of ``rows``, or ``None`` when HiGHS does not report an optimum."""
     h = new_highs()
+    h.setOptionValue("qp_iteration_limit", qp_iteration_limit(n))  # then Clarabel takes over
     empty = np.array([], dtype=np.int32)
     h.addCols(n, np.zeros(n), np.full(n, -_INF), np.full(n, _INF), 0, empty, empty, np.array([]))
     idx = np.arange(n, dtype=np.int32)
@@ -318,12 +336,6 @@ def _indicator(mask: int, n: int) -> npt.NDArray[np.float64]:
     return v
 
 
-QP_ITERATION_LIMIT = 2000
-""":class:`IncrementalMinNorm`: active-set iterations per solve at most. Warm solves take at most
-a few hundred at n = 40 with 5,000 rows; one that cycles (measured: a solve that never returned,
-coverage n = 40 seed 3) stops here and the next relaxed level is tried."""
-
-
 class IncrementalMinNorm:
     """``argmin ||x||²`` s.t. ``x(N) = v(N)``, ``x(S) >= v(S) - level``, ``x >= x_lower`` on one
     HiGHS QP model kept across rounds: rows are added as coalitions are evaluated and only the row
@@ -354,7 +366,7 @@ class IncrementalMinNorm:
         h.addRow(grand_value, grand_value, n, idx, np.ones(n))
         # a bounded amount of work (not seconds): HiGHS's active-set QP can cycle on a sliver of
         # a feasible set; the solve then ends at the limit and the level is relaxed (below)
-        h.setOptionValue("qp_iteration_limit", QP_ITERATION_LIMIT)
+        h.setOptionValue("qp_iteration_limit", qp_iteration_limit(n))
         self._h = h
         self._values: list[float] = []
         self._level = 0.0
