@@ -22,7 +22,14 @@ import highspy
 import numpy as np
 import numpy.typing as npt
 
-from coreopt.game.coalitions import MAX_VECTOR_PLAYERS, incidence, masks_of, popcounts, subset_sums
+from coreopt.game.coalitions import (
+    MAX_VECTOR_PLAYERS,
+    incidence,
+    masks_of,
+    members,
+    popcounts,
+    subset_sums,
+)
 from coreopt.game.lp import new_highs
 
 SIZE_KNOTS = 8
@@ -569,20 +576,18 @@ def greedy_paths(
                 ok = ins.size < n - 1
                 order = outs[np.argsort(-field[outs], kind="stable")] if ok else outs[:0]
                 nb = [m | (1 << int(k)) for k in order]
-                can = [True] * len(nb)
+                can = None
                 if index is not None and nb:
                     can = ((index.upper(m) - x)[order] > tol).tolist()
-                asks.append(
-                    [c for c, g in zip(nb, can, strict=True) if g and value(c) is None][:per_step]
-                )
+                asks.append(_to_pay(nb, can, value, per_step))
             elif phase == 1:
                 if ins.size > GREEDY_MAX_DROPS:  # large n: the best-ranked removals only
                     ins = ins[np.argsort(field[ins], kind="stable")[:GREEDY_MAX_DROPS]]
                 nb = [m ^ (1 << int(k)) for k in ins] if z.sum() > 1 else []
-                can = [True] * len(nb)
+                can = None
                 if index is not None and nb:
                     can = ((x - index.lower(m))[ins] > tol).tolist()
-                asks.append([c for c, g in zip(nb, can, strict=True) if g and value(c) is None])
+                asks.append(_to_pay(nb, can, value, None))
             else:
                 # v̂(S - i + j) - v̂(S) - x_j + x_i = field_j - field_i - bsym_ij
                 gain = field[outs][None, :] - field[ins][:, None] - bsym[np.ix_(ins, outs)]
@@ -592,14 +597,12 @@ def greedy_paths(
                     m ^ (1 << int(ins[p])) ^ (1 << int(outs[q]))
                     for p, q in zip(rows.tolist(), cols.tolist(), strict=True)
                 ]
-                can = [True] * len(nb)
+                can = None
                 if index is not None and nb:
                     drop = (x - index.lower(m))[ins]
                     up = index.upper_without(m, ins.tolist())[:, outs] - x[outs][None, :]
                     can = ((up + drop[:, None])[rows, cols] > tol).tolist()
-                asks.append(
-                    [c for c, g in zip(nb, can, strict=True) if g and value(c) is None][:per_step]
-                )
+                asks.append(_to_pay(nb, can, value, per_step))
             nbs.append(nb)
         evaluate(list(dict.fromkeys(c for ask in asks for c in ask)))
         nxt: list[tuple[int, int, int]] = []
@@ -623,6 +626,18 @@ def greedy_paths(
     return sorted(ends, key=lambda m: -ends[m])
 
 
+def _to_pay(
+    nb: list[int],
+    can: list[bool] | None,
+    value: Callable[[int], float | None],
+    cap: int | None,
+) -> list[int]:
+    """The neighbours ``nb`` not yet paid for, in order, skipping those whose ``can`` is false
+    (``None``: none skipped); at most ``cap`` (``None``: all)."""
+    keep = [c for i, c in enumerate(nb) if (can is None or can[i]) and value(c) is None]
+    return keep if cap is None else keep[:cap]
+
+
 def _excess(value: Callable[[int], float | None], x: npt.NDArray[np.float64], mask: int) -> float:
     v = value(mask)
     assert v is not None
@@ -630,15 +645,8 @@ def _excess(value: Callable[[int], float | None], x: npt.NDArray[np.float64], ma
 
 
 def _dot(x: npt.NDArray[np.float64], mask: int) -> float:
-    """``x(S)`` for a bitmask (any n)."""
-    total = 0.0
-    i = 0
-    while mask:
-        if mask & 1:
-            total += float(x[i])
-        mask >>= 1
-        i += 1
-    return total
+    """``x(S)`` for a bitmask (any n), summed in increasing player order."""
+    return sum((float(x[i]) for i in members(mask)), 0.0)
 
 
 class MarginalIndex:

@@ -502,7 +502,11 @@ def _approximate(
                     oracle,
                 )
                 checked_all = checked_all and complete
-            if cfg.greedy_paths and oracle.remaining != 0:
+            for wide in (False, True) if cfg.greedy_paths else ():
+                # first from the evaluated coalitions of largest excess; then, when nothing
+                # violated was found near the tight rows, from singletons taken in turn
+                if oracle.remaining == 0 or (wide and (found or not checked_all)):
+                    break
                 found, complete = _greedy_round(
                     check,
                     found,
@@ -516,25 +520,7 @@ def _approximate(
                     value,
                     oracle,
                     bar,
-                    index=index,
-                )
-                checked_all = checked_all and complete
-            if cfg.greedy_paths and not found and checked_all and oracle.remaining != 0:
-                # nothing violated near the tight rows: climb from singletons in turn
-                found, complete = _greedy_round(
-                    check,
-                    found,
-                    fit,
-                    cfg,
-                    rnd,
-                    x_cur,
-                    level,
-                    tol,
-                    n,
-                    value,
-                    oracle,
-                    bar,
-                    True,
+                    wide,
                     index,
                 )
                 checked_all = checked_all and complete
@@ -828,8 +814,7 @@ def _greedy_round(
         starts = [1 << ((rnd * k + p) % n) for p in range(min(k, n))]
     else:
         done = [m for m in oracle.cache if m != 0 and m != (1 << n) - 1]
-        ex = np.array([value(m) for m in done]) - _coalition_sums(x, done, n)
-        starts = [done[i] for i in np.argsort(-ex, kind="stable")[:k].tolist()]
+        starts = _by_true_excess(done, x, n, value)[:k]
     before = set(oracle.cache)
     surrogate = fit.fit() if fit.seen else None
 
