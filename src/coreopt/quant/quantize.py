@@ -1042,8 +1042,8 @@ estimated loss would not make the option win. The factors bound how much the rem
 lower the loss; they sit below every ratio measured of the loss after all 100 steps to the loss
 after 3, 10, 15, 25 and 50 (71 full runs on SmolLM2 at 3.5 and 4.5 bits per weight and MiniLM at
 3.5, every 4th, 6th and 2nd block, float zero points: minima 0.47, 0.67, 0.76, 0.83 and 0.90;
-an earlier 49 runs gave 0.73, 0.82 and 0.91 after 10, 25 and 50). Until issue 14's fourth
-session the checks were after 10, 25 and 50 steps with factors 0.6, 0.65 and 0.85: the checks
+an earlier 49 runs gave 0.73, 0.82 and 0.91 after 10, 25 and 50). Until cec7baa the
+checks were after 10, 25 and 50 steps with factors 0.6, 0.65 and 0.85: the checks
 after 3 and 15 steps and the factor 0.75 after 25 (runs that lose by 25-30% at the end used to
 run to 50) cut the steps of those 71 runs from 1,645 to 1,084, the same 4 passing
 (docs/quant.md)."""
