@@ -4,8 +4,10 @@ quality, calibration-free weight quantization of real models.
 Methods, side by side in one run:
 
 * **coreopt budget** ``quantize(bits_per_weight=B)``: per-layer bits, group size and transform
-  chosen under a byte budget (the reference rows), and ``quantize(bits=b, group_size=g)`` at a
-  fixed format (``cafeq``: learned 64 x 64 transforms, which cost bytes);
+  chosen under a byte budget (the reference rows; ``--budget-methods cafeq-shared`` adds
+  ``share_transforms=True``: one transform shared by q/k/v and by gate/up, stored once), and
+  ``quantize(bits=b, group_size=g)`` at a fixed format (``cafeq``: learned 64 x 64 transforms,
+  which cost bytes);
 * **RTN**: round to nearest with min-max scales and integer zero points (``method="rtn"``), and
   mixed-precision RTN under the same budget (``method="rtn", bits_per_weight=B``: what the byte
   budget alone buys);
@@ -364,7 +366,10 @@ def main() -> None:
         help="comma list of fixed-format implementations",
     )
     parser.add_argument(
-        "--budget-methods", default="cafeq,rtn", help="comma list of methods run at each --bpw"
+        "--budget-methods",
+        default="cafeq,rtn",
+        help="comma list of methods run at each --bpw: cafeq, rtn, cafeq-shared (cafeq with "
+        "share_transforms=True)",
     )
     parser.add_argument(
         "--plot",
@@ -428,7 +433,11 @@ def main() -> None:
         runs: list[tuple[str, str, dict[str, Any]]] = []
         for bpw in args.bpw:
             for impl in budget_methods:
-                label = {"cafeq": "coreopt budget", "rtn": "RTN mixed precision (budget)"}[impl]
+                label = {
+                    "cafeq": "coreopt budget",
+                    "cafeq-shared": "coreopt budget, shared transforms",
+                    "rtn": "RTN mixed precision (budget)",
+                }[impl]
                 runs.append((label, f"budget {bpw}", {"impl": impl, "bits_per_weight": bpw}))
         for bits in args.bits:
             for group in args.groups:
@@ -455,6 +464,10 @@ def main() -> None:
                 out = run_hqq(model, spec["bits"], spec["group"], fp_names)
             elif impl == "torchao":
                 out = run_torchao(model, spec["bits"], spec["group"], fp_names)
+            elif impl == "cafeq-shared":
+                out = run_coreopt(
+                    model, "cafeq", bits_per_weight=spec["bits_per_weight"], share_transforms=True
+                )
             elif "bits_per_weight" in spec:
                 out = run_coreopt(model, impl, bits_per_weight=spec["bits_per_weight"])
             else:

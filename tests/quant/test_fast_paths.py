@@ -106,7 +106,7 @@ def test_budget_screen_checks_at_the_documented_steps_and_factors(
     # stops; here L = 1 at every step, so the stop step follows from `need` alone
     monkeypatch.setattr(QUANTIZE, "estimate_loss", lambda *a, **k: 1.0)
     cfg = QuantizeConfig(steps=100)
-    screen = QUANTIZE._ScreenStop(torch.zeros(4, 32), None, cfg.format, cfg, need)
+    screen = QUANTIZE._ScreenStop([(torch.zeros(4, 32), None, cfg.format)], cfg, need)
     stopped = next((s for s in range(100) if screen(s, torch.eye(4))), None)
     assert stopped == stop_step
 

@@ -13,6 +13,12 @@ count; biases are kept in floating point by every method and are counted in the 
 here. :func:`choose_options` spends a budget of stored bits over the layers: a multiple-choice
 knapsack solved by its Lagrangian relaxation (bisection on the price of a bit) and a greedy fill of
 what is left.
+
+A transform *shared* by the layers that read the same input (q/k/v, gate/up) stores its
+``in · k`` numbers once for the whole group: such options are tied together by a
+:class:`SharedChoice` (each member's option prices its codes, scales and zero points; the
+shared blocks are priced once, in the choice), which the knapsack takes for all its layers or
+for none.
 """
 
 from __future__ import annotations
@@ -68,6 +74,33 @@ class Option:
     zero_point: str = "integer"
 
 
+@dataclass(frozen=True)
+class SharedChoice:
+    """Options of several layers taken together or not at all, with bits stored once for all of
+    them (a shared input transform).
+
+    Attributes:
+        picks: ``((layer index, option index), ...)``, one per member layer; each member's
+            :class:`Option` prices what that layer stores by itself (codes, scales, zero points).
+        cost: the bits stored once for the group (the shared transform blocks:
+            ``in · k · meta_bits``, see :func:`shared_transform_bits`).
+    """
+
+    picks: tuple[tuple[int, int], ...]
+    cost: int
+
+
+def shared_transform_bits(in_features: int, block: int, meta_bits: int = 16) -> int:
+    """Bits of one block-diagonal transform of ``in_features / block`` blocks of ``block x block``
+    numbers in the metadata dtype, stored once however many layers read it.
+
+    Examples:
+        >>> shared_transform_bits(384, 16) / (3 * 384 * 384)  # shared by q, k, v of MiniLM
+        0.2222222222222222
+    """
+    return in_features * block * meta_bits
+
+
 def _pick(options: Sequence[Option], price: float) -> int:
     return min(range(len(options)), key=lambda j: (options[j].loss + price * options[j].cost, j))
 
@@ -76,7 +109,11 @@ def _cheapest(options: Sequence[Option]) -> int:
     return min(range(len(options)), key=lambda j: (options[j].cost, options[j].loss))
 
 
-def choose_options(layers: Sequence[Sequence[Option]], budget: float) -> list[int]:
+def choose_options(
+    layers: Sequence[Sequence[Option]],
+    budget: float,
+    shared: Sequence[SharedChoice] = (),
+) -> list[int]:
     """One option per layer minimising the summed loss with total cost ``<= budget``.
 
     Two solutions, the better kept: the Lagrangian ``Σ_i loss_i + λ cost_i``, which separates over
@@ -85,18 +122,30 @@ def choose_options(layers: Sequence[Sequence[Option]], budget: float) -> list[in
     The leftover budget then buys, greedily, the upgrades with the largest loss decrease per
     extra bit.
 
+    With ``shared`` choices, the layers a choice ties together are one item of the knapsack
+    whose options are the choice itself (its members' options plus its shared cost, counted
+    once) and every combination of the members' free options (those no choice holds), pruned to
+    the combinations no other one beats in both cost and loss (which loses no optimum). Without
+    ``shared`` every layer is its own item, as before.
+
     Args:
         layers: the options of every layer (each non-empty).
-        budget: total stored bits allowed.
+        budget: total stored bits allowed (a shared choice's ``cost`` included when taken).
+        shared: options of several layers taken together (see :class:`SharedChoice`); each
+            option belongs to at most one choice.
 
     Returns:
-        the index of the chosen option of every layer.
+        the index of the chosen option of every layer; a member of a taken shared choice has
+        that choice's option (and then so do all its members).
 
     Raises:
-        ValueError: even the cheapest option of every layer exceeds ``budget``.
+        ValueError: even the cheapest option of every layer exceeds ``budget``, or a shared
+            choice names a missing option, a layer twice, or an option another choice holds.
     """
     if any(len(o) == 0 for o in layers):
         raise ValueError("every layer needs at least one option")
+    if shared:
+        return _choose_grouped(layers, budget, shared)
     cheapest = [_cheapest(o) for o in layers]
     floor = sum(layers[i][j].cost for i, j in enumerate(cheapest))
     if floor > budget:
@@ -212,3 +261,108 @@ def _fill(layers: Sequence[Sequence[Option]], budget: float, best: list[int]) ->
         i, j = pick
         left -= layers[i][j].cost - layers[i][best[i]].cost
         best[i] = j
+
+
+Combo = tuple[int, float, dict[int, int]]
+"""``(cost, loss, {layer: option})`` of a set of layers' options."""
+
+
+def _frontier(combos: list[Combo]) -> list[Combo]:
+    """The combinations no other one beats in both cost and loss (cheapest first)."""
+    out: list[Combo] = []
+    best = math.inf
+    for c in sorted(combos, key=lambda x: (x[0], x[1])):
+        if c[1] < best:
+            out.append(c)
+            best = c[1]
+    return out
+
+
+def _product(parts: list[list[Combo]]) -> list[Combo]:
+    """The frontier of every combination of one entry per part."""
+    acc: list[Combo] = [(0, 0.0, {})]
+    for part in parts:
+        acc = _frontier(
+            [(c1 + c2, l1 + l2, {**p1, **p2}) for c1, l1, p1 in acc for c2, l2, p2 in part]
+        )
+    return acc
+
+
+def _choose_grouped(
+    layers: Sequence[Sequence[Option]], budget: float, shared: Sequence[SharedChoice]
+) -> list[int]:
+    """:func:`choose_options` with shared choices: the layers each choice ties together become
+    one item (see there), solved as usual, and the item's choice mapped back to its layers."""
+    held: dict[tuple[int, int], int] = {}
+    parent = list(range(len(layers)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for s, ch in enumerate(shared):
+        members = [i for i, _ in ch.picks]
+        if len(set(members)) != len(members) or not members:
+            raise ValueError(f"shared choice {s} must name each of its layers once")
+        for i, j in ch.picks:
+            if not (0 <= i < len(layers) and 0 <= j < len(layers[i])):
+                raise ValueError(f"shared choice {s} names a missing option ({i}, {j})")
+            if (i, j) in held:
+                raise ValueError(f"option ({i}, {j}) is held by two shared choices")
+            held[(i, j)] = s
+            parent[root(i)] = root(members[0])
+    comps: dict[int, list[int]] = {}
+    for i in range(len(layers)):
+        comps.setdefault(root(i), []).append(i)
+    items: list[list[Option]] = []
+    maps: list[list[dict[int, int]]] = []
+    tied = {root(ch.picks[0][0]) for ch in shared}
+    for members in sorted(comps.values()):
+        if root(members[0]) not in tied:  # a layer on its own: its options as they are
+            items.append(list(layers[members[0]]))
+            maps.append([{members[0]: j} for j in range(len(layers[members[0]]))])
+            continue
+        free = {
+            i: _frontier(
+                [(o.cost, o.loss, {i: j}) for j, o in enumerate(layers[i]) if (i, j) not in held]
+            )
+            for i in members
+        }
+        combos = _product([free[i] for i in members]) if all(free.values()) else []
+        for ch in shared:
+            if root(ch.picks[0][0]) != root(members[0]):
+                continue
+            mine = dict(ch.picks)
+            fixed = (
+                ch.cost + sum(layers[i][j].cost for i, j in ch.picks),
+                sum(layers[i][j].loss for i, j in ch.picks),
+                mine,
+            )
+            rest = [free[i] for i in members if i not in mine]
+            if any(not r for r in rest):
+                continue
+            combos += [
+                (fixed[0] + c, fixed[1] + loss, {**mine, **p}) for c, loss, p in _product(rest)
+            ]
+        front = _frontier(combos)
+        if not front:
+            raise ValueError("a layer tied by shared choices has no option it can take alone")
+        items.append([Option(0, 0, 0, loss, cost) for cost, loss, _ in front])
+        maps.append([p for _, _, p in front])
+    chosen = choose_options(items, budget)
+    out = [0] * len(layers)
+    for item, j in enumerate(chosen):
+        for i, k in maps[item][j].items():
+            out[i] = k
+    return out
+
+
+def chosen_cost(
+    layers: Sequence[Sequence[Option]], picks: Sequence[int], shared: Sequence[SharedChoice] = ()
+) -> int:
+    """Stored bits of a choice of :func:`choose_options`: every layer's option, and the cost of
+    every shared choice all of whose members took its options, once."""
+    total = sum(layers[i][j].cost for i, j in enumerate(picks))
+    return total + sum(ch.cost for ch in shared if all(picks[i] == j for i, j in ch.picks))

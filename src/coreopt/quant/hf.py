@@ -35,7 +35,12 @@ from typing import Any
 from torch import nn
 
 from coreopt.quant.embeddings import half_module_configs, rebuild_half_modules
-from coreopt.quant.io import FORMAT_VERSION, replace_with_quantized
+from coreopt.quant.io import (
+    FORMAT_VERSION,
+    layer_configs,
+    replace_with_quantized,
+    tie_shared_transforms,
+)
 from coreopt.quant.layouts import mark_tensor_reads
 from coreopt.quant.linear import QuantizedLinear
 
@@ -100,6 +105,7 @@ def _build_classes() -> dict[str, Any]:
             return model
 
         def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> Any:
+            tie_shared_transforms(model, getattr(self.quantization_config, "layers", {}))
             for name, m in model.named_modules():
                 if isinstance(m, QuantizedLinear):
                     for t in [*m.buffers(recurse=False), *m.parameters(recurse=False)]:
@@ -152,7 +158,8 @@ def register() -> dict[str, Any]:
 
 def check_checkpoint(layers: dict[str, dict[str, Any]], files: Sequence[str]) -> None:
     """Raise :class:`ValueError` unless the safetensors ``files`` hold every tensor of every
-    quantized layer listed in ``layers`` (codes, scales, zero points, transform, bias)."""
+    quantized layer listed in ``layers`` (codes, scales, zero points, transform, bias; a shared
+    transform under its owner's name)."""
     from safetensors import safe_open
 
     keys: set[str] = set()
@@ -166,6 +173,13 @@ def check_checkpoint(layers: dict[str, dict[str, Any]], files: Sequence[str]) ->
     for name, cfg in layers.items():
         need = ["qweight", "scale", "zero"]
         need += ["transform"] if cfg.get("transform_block") else []
+        owner = cfg.get("transform_shared_with")
+        if owner:  # a transform stored once, by the layer named there
+            need.remove("transform")
+            if f"{owner}.transform" not in keys:
+                raise ValueError(
+                    f"the checkpoint lacks {owner}.transform, the transform {name!r} shares"
+                )
         need += ["bias"] if cfg.get("bias") else []
         missing = [f"{name}.{k}" for k in need if f"{name}.{k}" not in keys]
         if missing:
@@ -185,9 +199,7 @@ def attach_config(model: nn.Module) -> bool:
 
     if not isinstance(model, PreTrainedModel):
         return False
-    layers = {
-        n: m.config_dict() for n, m in model.named_modules() if isinstance(m, QuantizedLinear)
-    }
+    layers = layer_configs(model)
     half = half_module_configs(model)
     if not layers and not half:
         return False

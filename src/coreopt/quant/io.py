@@ -19,7 +19,7 @@ from torch import nn
 from coreopt.errors import BackendNotInstalledError
 from coreopt.quant.format import QuantFormat
 from coreopt.quant.layouts import _is_conv1d, mark_tensor_reads
-from coreopt.quant.linear import QuantizedLinear
+from coreopt.quant.linear import QuantizedLinear, share_transform
 
 METADATA_KEY = "coreopt.quant.layers"
 HALF_KEY = "coreopt.quant.half_modules"
@@ -44,16 +44,17 @@ def _dtype(name: str) -> torch.dtype:
 def save_quantized(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Write ``model`` (quantized by :func:`coreopt.quantize`) to a ``.safetensors`` file.
 
-    Tied weights (an LM head sharing the embedding) are stored once.
+    Tied weights (an LM head sharing the embedding) are stored once, and so is a transform
+    shared by several layers (:func:`~coreopt.quant.linear.share_transform`: the file holds the
+    owner's blocks, and each other layer's configuration names the owner in
+    ``"transform_shared_with"``).
 
     Raises:
         ValueError: the model holds no :class:`QuantizedLinear`.
     """
     from coreopt.quant.embeddings import half_module_configs
 
-    layers = {
-        n: m.config_dict() for n, m in model.named_modules() if isinstance(m, QuantizedLinear)
-    }
+    layers = layer_configs(model)
     if not layers:
         raise ValueError("the model has no QuantizedLinear layer; quantize it first")
     st = _safetensors()
@@ -63,6 +64,64 @@ def save_quantized(model: nn.Module, path: str | os.PathLike[str]) -> None:
         "coreopt.quant.version": FORMAT_VERSION,
     }
     st.save_model(model, os.fspath(path), metadata=meta)
+
+
+def layer_configs(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """``{name: QuantizedLinear.config_dict()}`` of every quantized layer of ``model``, with
+    ``"transform_shared_with": owner name`` added to the layers that hold a transform stored by
+    another layer (:func:`~coreopt.quant.linear.share_transform`).
+
+    Raises:
+        ValueError: a layer holds a shared transform whose owner is not in ``model``.
+    """
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    owners = {
+        id(m.transform): n
+        for n, m in quantized.items()
+        if m.transform is not None and not m.transform_shared
+    }
+    layers = {}
+    for n, m in quantized.items():
+        cfg = m.config_dict()
+        if m.transform_shared:
+            owner = owners.get(id(m.transform))
+            if owner is None:
+                raise ValueError(
+                    f"{n!r} shares a transform whose owner layer is not part of this model"
+                )
+            cfg["transform_shared_with"] = owner
+        layers[n] = cfg
+    return layers
+
+
+def tie_shared_transforms(
+    model: nn.Module, layers: dict[str, dict[str, Any]], *, adopt: bool = True
+) -> None:
+    """Make the layers whose configuration names a ``"transform_shared_with"`` owner hold the
+    owner's transform tensor (:func:`~coreopt.quant.linear.share_transform`), before or after
+    the tensors are loaded (``adopt``: the members take the owner's tensor whatever they hold).
+
+    Raises:
+        ValueError: an owner that is missing or is not a quantized layer with a transform.
+    """
+    groups: dict[str, list[str]] = {}
+    for name, cfg in layers.items():
+        owner = cfg.get("transform_shared_with")
+        if owner:
+            groups.setdefault(owner, []).append(name)
+    for owner, members in groups.items():
+        mods = []
+        for n in (owner, *members):
+            try:
+                m = model.get_submodule(n)
+            except AttributeError:
+                m = None
+            if not isinstance(m, QuantizedLinear) or m.transform is None:
+                raise ValueError(
+                    f"{n!r} must be a quantized layer with a transform (shared by {members!r})"
+                )
+            mods.append(m)
+        share_transform(mods, adopt=adopt)
 
 
 def read_layer_configs(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -104,6 +163,7 @@ def load_quantized(
         model, os.fspath(path), strict=True, device=str(device) if device is not None else "cpu"
     )
     del missing, unexpected
+    tie_shared_transforms(model, layers)  # a load that replaced tensors: tie them again
     mark_tensor_reads(model)
     return model
 
@@ -142,7 +202,8 @@ def _empty_layer(name: str, old: nn.Module | None, cfg: dict[str, Any]) -> Quant
 def replace_with_quantized(model: nn.Module, layers: dict[str, dict[str, Any]]) -> nn.Module:
     """Replace the listed layers of ``model`` by empty :class:`QuantizedLinear` layers shaped by
     their configuration (:meth:`QuantizedLinear.config_dict`), on the device of the weight they
-    replace (``meta`` included); the tensors are loaded afterwards. Returns ``model``.
+    replace (``meta`` included), the layers of a shared transform holding one tensor
+    (:func:`tie_shared_transforms`); the tensors are loaded afterwards. Returns ``model``.
 
     Raises:
         ValueError: a listed layer is missing, is not an ``nn.Linear`` / ``Conv1D``, or has
@@ -162,4 +223,5 @@ def replace_with_quantized(model: nn.Module, layers: dict[str, dict[str, Any]]) 
         assert old is not None
         new.train(old.training)
         setattr(parent, child, new)
+    tie_shared_transforms(model, layers)
     return model

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,16 @@ class _Runtime:
         return total
 
 
+@dataclass(eq=False)
+class _TransformShare:
+    """What the layers sharing one transform tensor hold in common: the last conversion of that
+    tensor by a layer's ``_apply`` (a device move), so that the other layers take the same
+    converted tensor instead of a copy of their own."""
+
+    source: Any = None  # weakref to the tensor before the last conversion
+    result: torch.Tensor | None = None
+
+
 class QuantizedLinear(nn.Module):
     """``y = Ŵ (T x) + b`` with ``Ŵ`` stored as packed b-bit codes per group and ``T`` an optional
     block-diagonal input transform.
@@ -71,6 +82,12 @@ class QuantizedLinear(nn.Module):
     * ``scale``, ``zero``: ``(out, in_pad / group_size)`` in the format's ``scale_dtype``;
     * ``transform``: ``(in / block, block, block)`` in the format's ``scale_dtype``, or absent;
     * ``bias``: the original bias (a frozen parameter), or absent.
+
+    Layers that read the same input (q/k/v, gate/up) may share one ``transform`` tensor
+    (:func:`share_transform`): the first layer of the group stores it (a persistent buffer, in its
+    ``state_dict``), the others hold the same tensor as a non-persistent buffer, so it is saved,
+    loaded and counted (:meth:`memory_bytes`, ``model_bytes``) once; ``transform_shared`` tells
+    them apart. Each layer still applies it to its input in its own forward.
 
     ``in_pad`` is ``in_features`` rounded up to a multiple of ``group_size``: a layer whose input
     width is not a multiple of the group size is stored with zero columns appended (the padding
@@ -160,6 +177,14 @@ class QuantizedLinear(nn.Module):
         self.kernel = "auto"
         self.compute_dtype: torch.dtype | None = None
         self._runtime: _Runtime | None = None
+        self._share: _TransformShare | None = None
+
+    @property
+    def transform_shared(self) -> bool:
+        """Whether this layer holds a transform stored by another layer (see
+        :func:`share_transform`): it is then left out of this layer's ``state_dict`` and
+        :meth:`memory_bytes`."""
+        return self.transform is not None and "transform" in self._non_persistent_buffers_set
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -348,6 +373,24 @@ class QuantizedLinear(nn.Module):
             new = self._buffers[n]
             if new is not None and new.dtype != t.dtype:
                 self._buffers[n] = t.to(new.device)
+        share = self._share
+        new_t = self._buffers.get("transform")
+        old_t = saved.get("transform")
+        if share is not None and new_t is not None and old_t is not None and new_t is not old_t:
+            # torch converts buffers module by module: a layer whose shared tensor another
+            # member already converted the same way takes that one (one copy on the device)
+            prev = share.source() if share.source is not None else None
+            res = share.result
+            if (
+                prev is old_t
+                and res is not None
+                and res.device == new_t.device
+                and res.dtype == new_t.dtype
+                and torch.equal(res, new_t)
+            ):
+                self._buffers["transform"] = res
+            else:
+                share.source, share.result = weakref.ref(old_t), new_t
         self._runtime = None
         return out
 
@@ -389,8 +432,13 @@ class QuantizedLinear(nn.Module):
 
     # ------------------------------------------------------------------ reporting
     def memory_bytes(self) -> int:
-        """Bytes of every buffer and parameter this layer stores."""
-        total = sum(b.numel() * b.element_size() for b in self.buffers(recurse=False))
+        """Bytes of every buffer and parameter this layer stores (a transform stored by another
+        layer, see :func:`share_transform`, is not counted here)."""
+        total = sum(
+            b.numel() * b.element_size()
+            for n, b in self._buffers.items()
+            if b is not None and n not in self._non_persistent_buffers_set
+        )
         if self.bias is not None:
             total += self.bias.numel() * self.bias.element_size()
         return int(total)
@@ -418,6 +466,53 @@ class QuantizedLinear(nn.Module):
             f"bits={self.fmt.bits}, group_size={self.fmt.group_size}, "
             f"bias={self.bias is not None}{t}{k}"
         )
+
+
+def share_transform(layers: Sequence[QuantizedLinear], *, adopt: bool = False) -> None:
+    """Make ``layers`` (that read the same input) hold one transform tensor, stored by the first.
+
+    The first layer keeps its ``transform`` buffer (persistent: saved in its ``state_dict``); the
+    others get the very same tensor as a non-persistent buffer, so the blocks are stored, saved
+    and counted once. Every layer still applies it in its forward. A device move of the model
+    keeps one tensor for the group.
+
+    Args:
+        layers: two or more :class:`QuantizedLinear` with transforms of the same shape and dtype
+            and equal values (a group quantized with one shared transform); the first is the
+            owner.
+        adopt: the others take the owner's tensor whatever their own holds (loading, where only
+            the owner's blocks are read from the file); shapes and dtypes are still checked.
+
+    Raises:
+        ValueError: fewer than two layers, a layer without a transform, or transforms that
+            differ in shape, dtype, device or value (a layer's outputs would change).
+    """
+    if len(layers) < 2:
+        raise ValueError("share_transform needs at least two layers")
+    owner = layers[0].transform
+    if owner is None:
+        raise ValueError("share_transform: the first layer has no transform")
+    for m in layers[1:]:
+        t = m.transform
+        if (
+            t is None
+            or t.shape != owner.shape
+            or t.dtype != owner.dtype
+            or (not adopt and t.device != owner.device)
+            or (not adopt and owner.device.type != "meta" and not torch.equal(t, owner))
+        ):
+            raise ValueError(
+                "share_transform: the layers' transforms differ (shape, dtype, device or value); "
+                "only layers quantized with one shared transform can share it"
+            )
+    share = _TransformShare()
+    layers[0]._share = share
+    layers[0]._non_persistent_buffers_set.discard("transform")
+    for m in layers[1:]:
+        m._buffers["transform"] = owner
+        m._non_persistent_buffers_set.add("transform")
+        m._share = share
+        m._runtime = None
 
 
 def pad_columns(W: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -25,7 +25,7 @@ from coreopt.quant.proxy import (
     weighted_sq_error,
 )
 from coreopt.quant.rounding import DEFAULT_SHRINK_GRID, gptq, rtn_fit
-from coreopt.quant.single import learn_transform
+from coreopt.quant.single import TransformPart, learn_shared_transform
 from coreopt.quant.transforms import (
     apply_blocks,
     block_diag,
@@ -41,6 +41,7 @@ __all__ = [
     "PairTask",
     "cafeq_matrix",
     "cafeq_method",
+    "cafeq_shared_transform",
     "cafeq_transform",
     "estimate_loss",
     "get_method",
@@ -335,15 +336,26 @@ def cafeq_transform(
     """The block input transform of ``cfg.transform`` (``"learned"`` by :func:`learn_transform`
     from a random block Hadamard, or that Hadamard itself) for ``W``; blocks of
     ``cfg.block_size``. ``stop``: see :func:`learn_transform`. Returns ``(T, label)``."""
-    n = W.shape[1]
+    return cafeq_shared_transform([TransformPart(W, fmt, m)], cfg, seed, stop)
+
+
+def cafeq_shared_transform(
+    parts: list[TransformPart],
+    cfg: QuantizeConfig,
+    seed: int,
+    stop: Callable[[int, torch.Tensor], bool] | None = None,
+) -> tuple[torch.Tensor, str]:
+    """:func:`cafeq_transform` for layers reading the same input: one transform ``(in / b, b, b)``
+    (``b = cfg.block_size``) for all the ``parts``, learned on their summed relative proxies by
+    :func:`learn_shared_transform` (each part in its own format), or the random block Hadamard.
+    Returns ``(T, label)``."""
+    n = parts[0].weight.shape[1]
     b = cfg.block_size
     gen = torch.Generator().manual_seed(seed)
     if cfg.transform == "learned":
-        fit = learn_transform(
-            W,
-            fmt,
+        fit = learn_shared_transform(
+            parts,
             block=b,
-            moments=m,
             family=cfg.transform_family,
             steps=cfg.steps,
             lr=cfg.lr,
@@ -351,7 +363,9 @@ def cafeq_transform(
             stop=stop,
         )
         return fit.transform, "learned"
-    return random_block_orthogonal(n // b, b, generator=gen, device=W.device), "hadamard"
+    return random_block_orthogonal(
+        n // b, b, generator=gen, device=parts[0].weight.device
+    ), "hadamard"
 
 
 def estimate_loss(

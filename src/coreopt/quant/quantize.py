@@ -18,7 +18,14 @@ from torch import nn
 
 from coreopt.objective import init_linalg, resolve_device
 from coreopt.parallel import parallel_map
-from coreopt.quant.budget import Option, bit_price, choose_options, stored_bits
+from coreopt.quant.budget import (
+    Option,
+    SharedChoice,
+    bit_price,
+    choose_options,
+    shared_transform_bits,
+    stored_bits,
+)
 from coreopt.quant.config import (
     MetaDeviceError,
     NonFiniteWeightError,
@@ -32,12 +39,12 @@ from coreopt.quant.layouts import (
     linearize_conv1d,
     restore_conv1d,
 )
-from coreopt.quant.linear import QuantizedLinear
+from coreopt.quant.linear import QuantizedLinear, share_transform
 from coreopt.quant.methods import (
     LayerOutcome,
     MatrixTask,
     PairTask,
-    cafeq_transform,
+    cafeq_shared_transform,
     estimate_loss,
     layer_prior,
 )
@@ -50,6 +57,7 @@ from coreopt.quant.pairs import (
     learn_pair_transform,
 )
 from coreopt.quant.proxy import InputMoments
+from coreopt.quant.single import TransformPart
 from coreopt.quant.structure import (
     AttentionSite,
     MlpSite,
@@ -82,7 +90,11 @@ class LayerReport:
         note: anything worth knowing (why no transform, the pair's product losses, ...).
         bits, group_size: the layer's integer format (layers differ under a byte budget).
         stored_bytes: bytes the layer stores for its weight: packed codes (group padding
-            included), scales, zero points and transform blocks; the bias is not included.
+            included), scales, zero points and transform blocks; the bias is not included. A
+            transform shared by several layers is counted once, in the first layer of its group.
+        transform_shared_with: the layer that stores the transform this layer applies (a
+            transform shared by the layers that read the same input, see
+            :func:`input_groups`), or ``None``.
     """
 
     name: str
@@ -99,10 +111,12 @@ class LayerReport:
     bits: int = 0
     group_size: int = 0
     stored_bytes: int = 0
+    transform_shared_with: str | None = None
 
     @property
     def bits_per_weight(self) -> float:
-        """``8 · stored_bytes / (out · in)``: every stored bit per real weight."""
+        """``8 · stored_bytes / (out · in)``: every stored bit per real weight (a shared
+        transform's bits in the layer that stores it)."""
         return 8 * self.stored_bytes / (self.shape[0] * self.shape[1])
 
 
@@ -756,8 +770,12 @@ def quantize(
     loss under an average of ``B`` stored bits per quantized weight, every stored byte counted
     (see :mod:`coreopt.quant.budget`), and the zero point (integer, or float where
     :func:`float_zero_layers` or :data:`EXACT_LOSS` allow it); a dual transform stays folded
-    only where it pays at the budget (:func:`_fold_all_budget`).
-    ``model.quantization_report.bits_per_weight`` reports what was stored.
+    only where it pays at the budget (:func:`_fold_all_budget`). With ``share_transforms=True``
+    the layers that read the same input (q/k/v, gate/up: :func:`input_groups`) may
+    instead take one transform learned for all of them, stored once (the first layer of the
+    group holds it, the others the same tensor; each layer applies it in its forward).
+    ``model.quantization_report.bits_per_weight`` reports what was stored, a shared transform
+    counted once.
 
     Returns:
         ``model`` itself, with ``model.quantization_report`` (a :class:`QuantizeResult`). A second
@@ -835,7 +853,10 @@ def quantize(
     _init_linalg(model, names, device)
     with _thread_share(cfg):  # worker threads x intra-op threads <= the threads allowed
         structured = cfg.method == "cafeq" and (
-            cfg.dual or cfg.alternating or "structure" in cfg.prior
+            cfg.dual
+            or cfg.alternating
+            or "structure" in cfg.prior
+            or (budget and cfg.share_transforms)
         )
         st = discover(model) if structured else ModelStructure()
         duals: dict[str, str] = {}
@@ -884,6 +905,7 @@ def quantize(
         handler = get_method(cfg.method)
         shipped = dataclasses.replace(cfg, executor=None)  # what travels to the workers
         notes: dict[str, str] = {}
+        shared: dict[str, tuple[str, ...]] = {}
         if budget:
             jobs = _budget_plan(
                 [t for t in tasks if isinstance(t, MatrixTask)],
@@ -891,6 +913,8 @@ def quantize(
                 notes,
                 float_zero,
                 None if priced is None else [priced[n] for n in names],
+                input_groups(st),
+                shared,
             )
         else:
             jobs = [(t, _capped(t, shipped, notes)) for t in tasks]
@@ -911,7 +935,7 @@ def quantize(
             for o in outs:
                 outcomes[o.name] = o
 
-    reports = []
+    built: dict[str, QuantizedLinear] = {}
     for n in names:
         o = outcomes[n]
         old = modules[n]
@@ -929,11 +953,18 @@ def quantize(
         new.train(old.training)
         parent_name, _, child = n.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        built[n] = new
+    owner_of = _share_transforms(built, shared)
+    reports = []
+    for n in names:
+        o = outcomes[n]
+        new = built[n]
+        fmt = o.fmt or cfg.format
         note = "; ".join(x for x in (notes.get(n, ""), o.note) if x)
         reports.append(
             LayerReport(
                 n,
-                (old.out_features, old.in_features),
+                (new.out_features, new.in_features),
                 o.choice,
                 duals.get(n),
                 new.transform_block,
@@ -946,6 +977,7 @@ def quantize(
                 fmt.bits,
                 fmt.group_size,
                 _stored_bytes(new),
+                owner_of.get(n),
             )
         )
     if previous is not None:
@@ -972,8 +1004,36 @@ def quantize(
 
 def _stored_bytes(layer: QuantizedLinear) -> int:
     """Bytes of every buffer the layer stores (codes, scales, zero points, transform); the bias
-    (a parameter kept in floating point) is not included."""
-    return int(sum(b.numel() * b.element_size() for b in layer.buffers(recurse=False)))
+    (a parameter kept in floating point) is not included, nor a transform another layer stores
+    (:func:`~coreopt.quant.linear.share_transform`)."""
+    return int(
+        sum(
+            b.numel() * b.element_size()
+            for n, b in layer._buffers.items()
+            if b is not None and n not in layer._non_persistent_buffers_set
+        )
+    )
+
+
+def _share_transforms(
+    built: dict[str, QuantizedLinear], shared: dict[str, tuple[str, ...]]
+) -> dict[str, str]:
+    """Make the layers of every group quantized with one shared transform hold one tensor
+    (:func:`~coreopt.quant.linear.share_transform`), stored by the first of them that kept the
+    transform (the per-layer selection may drop it in favour of plain rounding). Returns
+    ``{layer: the layer that stores its transform}`` for the others."""
+    owner_of: dict[str, str] = {}
+    for group in dict.fromkeys(shared.values()):
+        keep = [n for n in group if n in built and built[n].transform is not None]
+        if len(keep) < 2:
+            continue
+        try:
+            share_transform([built[n] for n in keep])
+        except ValueError:  # pragma: no cover - members rounded the same T to the same blocks
+            logger.warning("%s: transforms differ; each layer stores its own", keep)
+            continue
+        owner_of.update((n, keep[0]) for n in keep[1:])
+    return owner_of
 
 
 def _capped(t: MatrixTask | PairTask, cfg: QuantizeConfig, notes: dict[str, str]) -> QuantizeConfig:
@@ -1007,6 +1067,15 @@ def float_zero_layers(st: ModelStructure) -> set[str]:
         if m.gate:
             out.add(m.gate)
     return out
+
+
+def input_groups(st: ModelStructure) -> list[tuple[str, ...]]:
+    """The layers that read the same input, which can share one input transform: q/k/v of every
+    attention block (BERT's query/key/value too) and gate/up of every gated MLP (model order
+    within a group; the first stores a shared transform)."""
+    groups: list[tuple[str, ...]] = [(a.q, a.k, a.v) for a in st.attention]
+    groups += [(m.gate, m.up) for m in st.mlp if m.gate]
+    return groups
 
 
 def _layer_options(t: MatrixTask, cfg: QuantizeConfig, formats: list[QuantFormat]) -> list[Option]:
@@ -1057,9 +1126,9 @@ class _ScreenStop:
     check stops it the run is the full run's, so an option that passes every check is priced
     exactly as without the screen."""
 
-    W: torch.Tensor
-    m: InputMoments | None
-    fmt: QuantFormat
+    parts: list[tuple[torch.Tensor, InputMoments | None, QuantFormat]]
+    """``(W, prior, format)`` of each layer the transform is for (several: a shared one, whose
+    estimated loss is the sum of theirs)."""
     cfg: QuantizeConfig
     need: float
     stopped: bool = False
@@ -1068,7 +1137,7 @@ class _ScreenStop:
     def __call__(self, step: int, T: torch.Tensor) -> bool:
         for frac, factor in SCREEN:
             if step == max(1, int(frac * self.cfg.steps)):
-                loss = estimate_loss(self.W, T, self.m, self.fmt, self.cfg)
+                loss = sum(estimate_loss(W, T, m, f, self.cfg) for W, m, f in self.parts)
                 self.seen.append((step, loss))
                 self.stopped = factor * loss >= self.need
                 return self.stopped
@@ -1132,6 +1201,8 @@ def _budget_plan(
     notes: dict[str, str],
     float_zero: set[str] | None = None,
     options: list[list[Option]] | None = None,
+    groups: list[tuple[str, ...]] | None = None,
+    shared_out: dict[str, tuple[str, ...]] | None = None,
 ) -> list[tuple[MatrixTask | PairTask, QuantizeConfig]]:
     """Spend ``cfg.bits_per_weight`` over the layers (see :mod:`coreopt.quant.budget`).
 
@@ -1141,11 +1212,19 @@ def _budget_plan(
        priced, see :func:`_fold_all_budget`); solve the knapsack.
     2. For ``"cafeq"`` with a transform: learn each block size of ``block_options`` at the format
        chosen in 1 and add it as an option (its loss estimated the same way, its blocks priced);
-       solve again. A transform is not even learned where the layer's whole loss is below the
-       price of its blocks at the budget's Lagrange multiplier (:func:`~coreopt.quant.budget.
-       bit_price`): it could not pay for itself.
+       with ``share_transforms``, also learn one transform per block size for each group of
+       ``groups`` (layers reading the same input, :func:`input_groups`) on the sum of their
+       proxies, each layer at its format chosen in 1 (:func:`~coreopt.quant.methods.
+       cafeq_shared_transform`), offered as a :class:`~coreopt.quant.budget.SharedChoice` whose
+       blocks are priced once for the group. Solve again. A transform is not even learned where
+       the loss of its layers is below the price of its blocks at the budget's Lagrange
+       multiplier (:func:`~coreopt.quant.budget.bit_price`): it could not pay for itself; and
+       its learning stops early once it cannot win (:data:`SCREEN`).
     3. Every layer is then quantized at its chosen format (GPTQ against the prior, the learned
        transform when chosen, the per-layer selection keeping the lower proxy).
+
+    ``shared_out`` receives ``{layer: its group}`` for the layers of every group whose shared
+    transform was chosen (they get the same transform tensor).
     """
     assert cfg.bits_per_weight is not None
     total = cfg.bits_per_weight * sum(t.weight.shape[0] * t.weight.shape[1] for t in tasks)
@@ -1154,54 +1233,105 @@ def _budget_plan(
     options = [list(o) for o in options]
     pick = choose_options(options, total)
     learned: dict[tuple[int, int], torch.Tensor] = {}
+    choices: list[SharedChoice] = []
+    index = {t.name: i for i, t in enumerate(tasks)}
     if cfg.method == "cafeq" and cfg.transform != "identity" and cfg.block_options:
         meta = torch.finfo(cfg.scale_dtype).bits
         price = bit_price(options, total)
+        units: list[tuple[int, ...]] = [(i,) for i in range(len(tasks))]
+        if cfg.share_transforms:
+            for g in groups or []:
+                ids = tuple(index[n] for n in g if n in index)
+                widths = {tasks[i].weight.shape[1] for i in ids}
+                if len(ids) == len(g) > 1 and len(widths) == 1:
+                    units.append(ids)
 
-        def price_transforms(i: int) -> list[tuple[Option, torch.Tensor]]:
-            t, o = tasks[i], options[i][pick[i]]
-            W = t.weight.float()
-            out, n = W.shape
-            fmt = QuantFormat(o.bits, o.group_size, cfg.scale_dtype, o.zero_point)  # type: ignore[arg-type]
-            m = layer_prior(W, t.moments, cfg.prior)
-            rows = torch.linspace(0, out - 1, min(out, 512), device=W.device).round().long()
+        def price_unit(ids: tuple[int, ...]) -> list[tuple[tuple[Option, ...], int, torch.Tensor]]:
+            """The transform options of one layer (``ids`` of one) or of one group sharing it:
+            ``(each member's option, bits stored once for the group, T)``."""
+            own = len(ids) == 1
+            ts = [tasks[i] for i in ids]
+            chosen = [options[i][pick[i]] for i in ids]
+            Ws = [t.weight.float() for t in ts]
+            n = Ws[0].shape[1]
+            fmts = [
+                QuantFormat(o.bits, o.group_size, cfg.scale_dtype, o.zero_point)  # type: ignore[arg-type]
+                for o in chosen
+            ]
+            ms = [layer_prior(W, t.moments, cfg.prior) for W, t in zip(Ws, ts, strict=True)]
+            # learned on at most 512 evenly spaced rows of a layer, 768 of a group shared in
+            # proportion to the layers' rows (rows are samples of the proxy)
+            outs = [W.shape[0] for W in Ws]
+            cap = [512] if own else [max(128, round(768 * o / sum(outs))) for o in outs]
+            rows = [
+                torch.linspace(0, o - 1, min(o, c), device=W.device).round().long()
+                for o, c, W in zip(outs, cap, Ws, strict=True)
+            ]
             res = []
             for k in cfg.block_options:
-                cost = stored_bits(out, n, o.bits, o.group_size, k, meta)
-                # the loss at which the option beats the chosen one at the bit price
-                need = o.loss - price * (cost - o.cost)
+                # own: the layer's blocks in its option's cost; shared: once, in the choice
+                cost = stored_bits(outs[0], n, chosen[0].bits, chosen[0].group_size, k, meta)
+                extra = cost - chosen[0].cost if own else shared_transform_bits(n, k, meta)
+                # the loss at which the option beats the chosen one(s) at the bit price
+                need = sum(o.loss for o in chosen) - price * extra
                 if n % k or need <= 0:
                     continue  # even a perfect transform could not pay for its blocks
-                screen = _ScreenStop(W, m, fmt, cfg, need)
-                # learned on at most 512 evenly spaced rows (rows are samples of the proxy)
-                T, _ = cafeq_transform(
-                    W[rows], m, fmt, dataclasses.replace(cfg, block_size=k), t.seed, stop=screen
+                screen = _ScreenStop(list(zip(Ws, ms, fmts, strict=True)), cfg, need)
+                T, _ = cafeq_shared_transform(
+                    [
+                        TransformPart(W[r], f, m)
+                        for W, r, f, m in zip(Ws, rows, fmts, ms, strict=True)
+                    ],
+                    dataclasses.replace(cfg, block_size=k),
+                    ts[0].seed,
+                    stop=screen,
                 )
+                names = "+".join(t.name for t in ts)
                 if screen.stopped:
-                    logger.debug("%s: %dx%d transform screened out (%s)", t.name, k, k, screen)
+                    logger.debug("%s: %dx%d transform screened out (%s)", names, k, k, screen)
                     continue
-                loss = estimate_loss(W, T, m, fmt, cfg)
+                losses = [
+                    estimate_loss(W, T, m, f, cfg) for W, m, f in zip(Ws, ms, fmts, strict=True)
+                ]
                 logger.debug(
                     "%s: %dx%d transform priced: %s, after all steps %.4g",
-                    t.name,
+                    names,
                     k,
                     k,
                     screen,
-                    loss,
+                    sum(losses),
                 )
-                res.append((Option(o.bits, o.group_size, k, loss, cost, o.zero_point), T))
+                opts = tuple(
+                    Option(
+                        o.bits,
+                        o.group_size,
+                        k,
+                        loss,
+                        cost if own else stored_bits(out, n, o.bits, o.group_size, 0, meta),
+                        o.zero_point,
+                    )
+                    for o, loss, out in zip(chosen, losses, outs, strict=True)
+                )
+                res.append((opts, 0 if own else extra, T))
             return res
 
-        priced = list(
-            parallel_map(
-                price_transforms, list(range(len(tasks))), max_workers=_workers(cfg), progress=False
-            )
-        )
-        for i, extra in enumerate(priced):
-            for opt, T in extra:
-                learned[(i, len(options[i]))] = T
-                options[i].append(opt)
-        pick = choose_options(options, total)
+        priced = list(parallel_map(price_unit, units, max_workers=_workers(cfg), progress=False))
+        for ids, extra in zip(units, priced, strict=True):
+            for opts, shared_cost, T in extra:
+                picks = []
+                for i, opt in zip(ids, opts, strict=True):
+                    learned[(i, len(options[i]))] = T
+                    picks.append((i, len(options[i])))
+                    options[i].append(opt)
+                if len(ids) > 1:
+                    choices.append(SharedChoice(tuple(picks), shared_cost))
+        pick = choose_options(options, total, choices)
+    shared_of: dict[int, tuple[str, ...]] = {}
+    for ch in choices:
+        if all(pick[i] == j for i, j in ch.picks):
+            group = tuple(tasks[i].name for i, _ in ch.picks)
+            for i, _ in ch.picks:
+                shared_of[i] = group
     jobs: list[tuple[MatrixTask | PairTask, QuantizeConfig]] = []
     for i, t in enumerate(tasks):
         o = options[i][pick[i]]
@@ -1214,11 +1344,15 @@ def _budget_plan(
             transform=cfg.transform if o.block else "identity",
             block_size=o.block or cfg.block_size,
         )
+        members = shared_of.get(i)
         notes[t.name] = (
             f"budget: {o.bits}-bit g{o.group_size}"
             + (" float zero" if o.zero_point == "float" else "")
             + (f", {o.block}x{o.block} transform" if o.block else "")
+            + (f" shared by {', '.join(members)}" if members else "")
             + f", estimated proxy {o.loss:.4g}"
         )
+        if members and shared_out is not None:
+            shared_out[t.name] = members
         jobs.append((dataclasses.replace(t, transform=T_), layer_cfg))
     return jobs
