@@ -11,12 +11,14 @@ paired weights and the rounding from the weights alone, against a proxy of the q
   bytes), :func:`compress_embeddings` (16-bit embeddings and head), :func:`export_gguf`
   (llama.cpp's GGUF); transformers
   ``save_pretrained``/``from_pretrained`` through :mod:`coreopt.quant.hf`;
-* building blocks: :func:`learn_transform`, :func:`gptq`, the dual transforms
+* building blocks: :func:`learn_transform`, :func:`learn_shared_transform` (one transform for
+  the layers that read the same input; :func:`share_transform` stores it once), :func:`gptq`,
+  the dual transforms
   (:func:`fold_vo`, :func:`fold_qk`, :func:`fold_gated`), :func:`discover`;
 * extension: :func:`register_method`.
 """
 
-from coreopt.quant.budget import bit_price, choose_options, stored_bits
+from coreopt.quant.budget import SharedChoice, bit_price, choose_options, stored_bits
 from coreopt.quant.config import MetaDeviceError, NonFiniteWeightError, QuantizeConfig
 from coreopt.quant.embeddings import compress_embeddings
 from coreopt.quant.export import GGUFExport, export_gguf
@@ -30,7 +32,7 @@ from coreopt.quant.format import (
 )
 from coreopt.quant.hf import install_import_hook as _install_import_hook
 from coreopt.quant.io import load_quantized, save_quantized
-from coreopt.quant.linear import QuantizedLinear
+from coreopt.quant.linear import QuantizedLinear, share_transform
 from coreopt.quant.methods import LayerOutcome, MatrixTask, PairTask, register_method
 from coreopt.quant.packing import pack_bits, unpack_bits
 from coreopt.quant.pairs import fold_gated, fold_qk, fold_vo
@@ -44,7 +46,7 @@ from coreopt.quant.quantize import (
 )
 from coreopt.quant.rounding import gptq
 from coreopt.quant.runtime import RuntimeReport, runtime_report, set_runtime
-from coreopt.quant.single import learn_transform
+from coreopt.quant.single import TransformPart, learn_shared_transform, learn_transform
 from coreopt.quant.structure import ModelStructure, discover
 
 __all__ = [
@@ -63,6 +65,8 @@ __all__ = [
     "QuantizeResult",
     "QuantizedLinear",
     "RuntimeReport",
+    "SharedChoice",
+    "TransformPart",
     "UnsupportedFormatError",
     "bit_price",
     "choose_options",
@@ -76,6 +80,7 @@ __all__ = [
     "fold_qk",
     "fold_vo",
     "gptq",
+    "learn_shared_transform",
     "learn_transform",
     "load_quantized",
     "model_bytes",
@@ -86,6 +91,7 @@ __all__ = [
     "runtime_report",
     "save_quantized",
     "set_runtime",
+    "share_transform",
     "stored_bits",
     "unpack_bits",
 ]

@@ -142,8 +142,8 @@ class QuantizeConfig:
             proxies and stored once (``in · block`` numbers for the group instead of per layer:
             a third of the bytes for q/k/v); the knapsack takes it for the whole group or not
             at all. Off by default (our choice, measured on a 2-core CPU): on MiniLM the
-            knapsack buys it for 3 of 6 q/k/v groups at 4.5 bits per weight and none at 3.5,
-            on SmolLM2 for none at 3.5, with cosines equal to within 0.0001, while the extra
+            knapsack buys it for 3 of 6 q/k/v groups at 4.5 bits per weight (cosines equal to
+            within 0.0001) and none at 3.5, on SmolLM2 for none at 3.5 or 4.5, while the extra
             learning adds about 50 CPU s (60%) to ``quantize(SmolLM2, bits_per_weight=3.5)``
             (``docs/quant.md``). Ignored without ``bits_per_weight``.
     """
