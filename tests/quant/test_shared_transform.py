@@ -247,6 +247,14 @@ def test_a_conversion_keeps_one_tensor_for_the_group() -> None:
     model._apply(lambda t: t.clone())  # what .to(other device) does to every buffer
     assert layers[1].transform is layers[0].transform is layers[2].transform
     assert model_bytes(model) == before
+    # and the model still pickles (torch.save of the module) with its layers tied
+    import io
+    import pickle
+
+    back = pickle.loads(pickle.dumps(model))
+    assert back[1].transform is back[0].transform is back[2].transform
+    buf = io.BytesIO()
+    torch.save(model, buf)
 
 
 # ----------------------------------------------------------------------------------------------

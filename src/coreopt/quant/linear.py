@@ -70,6 +70,10 @@ class _TransformShare:
     source: Any = None  # weakref to the tensor before the last conversion
     result: torch.Tensor | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the last conversion is a cache (and a weakref cannot be pickled): not saved
+        return {"source": None, "result": None}
+
 
 class QuantizedLinear(nn.Module):
     """``y = Ŵ (T x) + b`` with ``Ŵ`` stored as packed b-bit codes per group and ``T`` an optional
