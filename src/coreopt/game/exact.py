@@ -273,6 +273,7 @@ def build_result(
     unit: float = 1.0,
     estimate: RequirementEstimate | None = None,
     reused_values: int = 0,
+    relaxation: float = 0.0,
 ) -> LeastCoreResult:
     """Assemble a :class:`LeastCoreResult` (labels, tight coalitions, duals).
 
@@ -307,6 +308,7 @@ def build_result(
         timings=timings,
         estimate=estimate,
         reused_values=reused_values,
+        relaxation=relaxation * unit,
     )
 
 

@@ -118,6 +118,17 @@ class LeastCoreConfig:
             refits the surrogate and searches again; rare violations are found by the next).
         max_rounds: cap on constraint-generation rounds.
         rows_per_round: violated rows added per LP round in exact mode.
+        robust_payoff: approximate mode with the egalitarian tie-break, when not certified:
+            return the minimum-norm point at ``epsilon + δ`` for the ``δ`` (0 or a few levels up
+            to half the value scale) whose predicted requirement (its largest excess over the
+            evaluated coalitions, or the surrogate's largest predicted excess if higher) is
+            lowest; ``δ = 0`` unless a relaxed level is predicted clearly lower
+            (:func:`coreopt.game.robust.robust_payoff`; reported as ``relaxation``). ``None``
+            (default): only when fewer than 50 proper coalitions per player were evaluated above
+            ``enumerate_max_n`` players, 10 up to it (``ROBUST_MAX_ROWS_PER_PLAYER``,
+            ``ROBUST_SMALL_N_ROWS``: measured to help below, to hurt above, where the restricted
+            least core is well pinned). ``False``: always the restricted least
+            core's point.
         retries: retries of a failing value call (exponential backoff from ``retry_delay`` s).
         max_concurrency: value calls in flight at once.
         seed: random seed (probes, pairs).
@@ -154,6 +165,7 @@ class LeastCoreConfig:
     confirm_ascents: int = 16
     max_rounds: int = 1000
     rows_per_round: int = 64
+    robust_payoff: bool | None = None
     retries: int = 2
     retry_delay: float = 0.5
     max_concurrency: int = 8
@@ -203,6 +215,8 @@ class LeastCoreConfig:
                 isinstance(value, bool) or not isinstance(value, int | np.integer)
             ):
                 raise TypeError(f"{name} must be an int or None, got {value!r}")
+        if self.robust_payoff is not None and not isinstance(self.robust_payoff, bool | np.bool_):
+            raise TypeError(f"robust_payoff must be a bool or None, got {self.robust_payoff!r}")
         if self.greedy_prune is not None and not isinstance(self.greedy_prune, bool | np.bool_):
             raise TypeError(f"greedy_prune must be a bool or None, got {self.greedy_prune!r}")
         if self.greedy_per_step < 1:
@@ -352,6 +366,10 @@ class LeastCoreResult:
             ``None`` when exact or when no probe could be paid for).
         reused_values: values taken from ``known_values`` or the checkpoint file (counted in
             the budget, not in ``value_calls``).
+        relaxation: approximate mode: how far above ``epsilon`` (in the game's units) the level
+            of the returned payoff was relaxed because it was predicted to need less of the
+            unseen coalitions (``robust_payoff``); ``0.0``: the tie-broken point of the least
+            core of the evaluated coalitions.
     """
 
     payoff: dict[Hashable, float]
@@ -373,6 +391,7 @@ class LeastCoreResult:
     timings: dict[str, float] = field(default_factory=dict)
     estimate: RequirementEstimate | None = None
     reused_values: int = 0
+    relaxation: float = 0.0
 
     @property
     def certified(self) -> bool:
@@ -412,6 +431,14 @@ class LeastCoreResult:
                 f"  certified: e* >= {self.epsilon:.6g} (LP over the evaluated coalitions)",
                 f"  the payoff needs at least {self.epsilon_upper:.6g} (its largest excess over "
                 f"the {seen} evaluated coalitions; unseen coalitions may need more)",
+                *(
+                    [
+                        f"  level relaxed by {self.relaxation:.6g} above e* >= {self.epsilon:.6g}:"
+                        " predicted to need less of the unseen coalitions (robust_payoff)"
+                    ]
+                    if self.relaxation > 0
+                    else []
+                ),
                 "  "
                 + (
                     self.estimate.describe()
