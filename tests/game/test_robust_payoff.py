@@ -6,7 +6,7 @@ import pytest
 import coreopt
 from coreopt.game import LeastCoreConfig, games
 from coreopt.game.coalitions import subset_sums
-from coreopt.game.robust import MIN_GAIN, predicted_requirement, robust_payoff
+from coreopt.game.robust import MIN_GAIN, predicted_requirement, prefix_probes, robust_payoff
 from coreopt.game.separation import Surrogate
 
 
@@ -127,3 +127,36 @@ def test_well_pinned_payoff_is_left_alone_by_default() -> None:
 def test_robust_payoff_option_is_type_checked() -> None:
     with pytest.raises(TypeError, match="robust_payoff"):
         LeastCoreConfig(robust_payoff="yes")  # type: ignore[arg-type]
+
+
+def test_a_real_probe_overrules_the_prediction() -> None:
+    # the surrogate sees nothing wrong with x0; a paid-for coalition shows it needs 2.0
+    n = 4
+    s = _flat_surrogate(n)
+    masks, values = [0b0001], np.array([0.0])
+    x0 = np.full(n, 0.5)
+    relaxed = np.zeros(n)
+
+    def probe(x: np.ndarray) -> float:
+        return 2.0 if x is x0 else 0.1
+
+    x, choice = robust_payoff(x0, lambda d: relaxed, masks, values, s, 1.0, 0, probe=probe)
+    np.testing.assert_array_equal(x, relaxed)
+    assert choice.predicted[0.0] == pytest.approx(2.0)
+    # without the probe the prediction keeps x0 (every level predicts the same)
+    x, choice = robust_payoff(x0, lambda d: relaxed, masks, values, s, 1.0, 0)
+    np.testing.assert_array_equal(x, x0)
+
+
+def test_prefix_probes_are_prefixes_of_the_three_orders() -> None:
+    n = 6
+    s = Surrogate(0.0, np.array([1.0, 2.0, 3.0, 0.5, 1.0, 4.0]), np.zeros((n, n)), None)
+    x = np.array([0.6, 0.5, 3.5, 0.1, 0.9, 1.0])
+    got = prefix_probes(x, s, sizes=5)
+    orders = [np.argsort(x - s.a, kind="stable"), np.argsort(x, kind="stable")]
+    orders.append(np.argsort(x / s.a, kind="stable"))
+    want = {sum(1 << int(i) for i in o[:k]) for o in orders for k in range(1, n)}
+    assert set(got) <= want
+    assert len(got) == len(set(got))
+    assert 1 << 3 in got  # the cheapest player alone
+    assert (1 << 5) | (1 << 1) in got  # the two largest a_i - x_i

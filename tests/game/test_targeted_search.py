@@ -66,6 +66,7 @@ def test_sized_probes_reach_small_coalitions_that_uniform_probes_never_draw() ->
             greedy_paths=0,
             confirm_probes=0,
             audit_probes=0,
+            robust_payoff=False,  # its prefix probes would add small coalitions of their own
             seeds=("singletons",),
             progress=False,
         )

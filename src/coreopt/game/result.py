@@ -121,9 +121,10 @@ class LeastCoreConfig:
         robust_payoff: approximate mode with the egalitarian tie-break, when not certified:
             return the minimum-norm point at ``epsilon + δ`` for the ``δ`` (0 or a few levels up
             to half the value scale) whose predicted requirement (its largest excess over the
-            evaluated coalitions, or the surrogate's largest predicted excess if higher) is
-            lowest; ``δ = 0`` unless a relaxed level is predicted clearly lower
-            (:func:`coreopt.game.robust.robust_payoff`; reported as ``relaxation``). ``None``
+            evaluated coalitions, or the surrogate's largest predicted excess if higher, or the
+            largest true excess over a few coalitions paid for to test it, at most 144 calls
+            held back from the budget) is lowest; ``δ = 0`` unless a relaxed level is clearly
+            lower (:func:`coreopt.game.robust.robust_payoff`; reported as ``relaxation``). ``None``
             (default): only when fewer than 50 proper coalitions per player were evaluated above
             ``enumerate_max_n`` players, 10 up to it (``ROBUST_MAX_ROWS_PER_PLAYER``,
             ``ROBUST_SMALL_N_ROWS``: measured to help below, to hurt above, where the restricted

@@ -103,6 +103,31 @@ def predicted_requirement(
     return best
 
 
+def prefix_probes(x: npt.NDArray[np.float64], surrogate: Surrogate, sizes: int) -> list[int]:
+    """Coalitions worth paying for to test a payoff ``x`` (shape ``(n,)``): the first ``k``
+    players, for ``sizes`` sizes ``k`` spread geometrically over ``1 .. n - 1``, of three
+    orders: largest ``a_i - x_i`` (the surrogate's best), smallest ``x_i`` and smallest
+    ``x_i / a_i`` (the cheapest coalitions; a threshold game's blocking coalitions are among
+    them). Distinct masks, the orders interleaved size by size."""
+    n = x.shape[0]
+    if n < 3 or sizes < 1:
+        return []
+    a = surrogate.a
+    ratio = np.where(a > 0, x / np.maximum(a, 1e-300), np.inf)
+    grid = np.unique(np.geomspace(1, n - 1, sizes).round().astype(int)).tolist()
+    prefixes = []
+    for key in (x - a, x, ratio):
+        bits = [1 << int(i) for i in np.argsort(key, kind="stable")]
+        prefixes.append(np.cumsum(np.array(bits, dtype=object)).tolist())
+    out: list[int] = []
+    for k in grid:
+        for pref in prefixes:
+            m = int(pref[k - 1])
+            if m not in out:
+                out.append(m)
+    return out
+
+
 def robust_payoff(
     x0: npt.NDArray[np.float64],
     at_level: Callable[[float], npt.NDArray[np.float64] | None],
@@ -111,6 +136,7 @@ def robust_payoff(
     surrogate: Surrogate,
     scale: float,
     seed: int,
+    probe: Callable[[npt.NDArray[np.float64]], float] | None = None,
 ) -> tuple[npt.NDArray[np.float64], PayoffChoice]:
     """The payoff of lowest predicted requirement among ``x0`` and the relaxed-level points.
 
@@ -122,25 +148,41 @@ def robust_payoff(
         surrogate: fitted on them (:class:`~coreopt.game.separation.Surrogate`).
         scale: the value scale ``max(1, max |v|)``.
         seed: seeds the ascent's random starts (same answer on any machine).
+        probe: ``x ↦`` the largest TRUE excess of ``x`` over a few coalitions paid for now
+            (:func:`prefix_probes`), or ``None``: then only ``δ = 0``, the level of lowest
+            predicted requirement and the largest level computed are candidates, and each one's
+            requirement is the larger of the prediction and the probe (real calls can show what
+            the surrogate misses: a threshold game's cheap blocking coalitions).
 
     Returns:
-        ``(x, choice)``: ``x0`` itself unless a relaxed level is predicted lower by more than
-        ``MIN_GAIN · scale``.
+        ``(x, choice)``: ``x0`` itself unless a relaxed level's requirement is lower by more
+        than ``MIN_GAIN · scale``.
     """
     rng_seed = np.random.SeedSequence(seed)
-    predicted = {
-        0.0: predicted_requirement(x0, masks, values, surrogate, np.random.default_rng(rng_seed))
-    }
-    best_x, best_d = x0, 0.0
-    best = predicted[0.0] - MIN_GAIN * scale  # a relaxed level must beat δ = 0 by this margin
+
+    def predict(x: npt.NDArray[np.float64]) -> float:
+        # the same random starts for every level: the levels are compared on equal terms
+        return predicted_requirement(x, masks, values, surrogate, np.random.default_rng(rng_seed))
+
+    points = {0.0: x0}
+    predicted = {0.0: predict(x0)}
     for rel in RELAXED_LEVELS:
         d = rel * scale
         x = at_level(d)
-        if x is None:
-            continue
-        # the same random starts for every level: the levels are compared on equal terms
-        r = predicted_requirement(x, masks, values, surrogate, np.random.default_rng(rng_seed))
-        predicted[d] = r
-        if r < best:
-            best_x, best_d, best = x, d, r
-    return best_x, PayoffChoice(best_d, predicted)
+        if x is not None:
+            points[d], predicted[d] = x, predict(x)
+    judged = dict(predicted)
+    candidates = list(points)
+    if probe is not None:
+        lowest = min((d for d in points if d > 0), key=lambda d: predicted[d], default=None)
+        candidates = list(
+            dict.fromkeys([0.0, *([lowest] if lowest is not None else []), max(points)])
+        )
+        for d in candidates:
+            judged[d] = max(predicted[d], probe(points[d]))
+    best_d = 0.0
+    best = judged[0.0] - MIN_GAIN * scale  # a relaxed level must beat δ = 0 by this margin
+    for d in candidates:
+        if d > 0 and judged[d] < best:
+            best_d, best = d, judged[d]
+    return points[best_d], PayoffChoice(best_d, judged)

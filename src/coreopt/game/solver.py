@@ -43,7 +43,7 @@ from coreopt.game.exact import apply_tie_break, build_result, make_lp, solve_tab
 from coreopt.game.generation import IncrementalMinNorm, egalitarian
 from coreopt.game.oracle import ValueFn, ValueOracle, VectorizedValue
 from coreopt.game.result import LeastCoreConfig, LeastCoreResult, RequirementEstimate, RoundInfo
-from coreopt.game.robust import robust_payoff
+from coreopt.game.robust import prefix_probes, robust_payoff
 from coreopt.game.rows import ExplicitRows
 from coreopt.game.separation import (
     MarginalIndex,
@@ -383,6 +383,12 @@ def _approximate(
     if cfg.budget is not None and oracle.budget is not None:
         reserve = max(0, min(cfg.audit_probes, cfg.budget // 10, oracle.remaining or 0))
         oracle.budget -= reserve
+    # calls kept to test the candidate payoffs of robust_payoff (real coalitions: they join the
+    # evaluated ones), where the budget is expected to leave the payoff poorly pinned
+    judge = 0
+    if cfg.budget is not None and oracle.budget is not None and _robust_on(cfg, n, cfg.budget):
+        judge = max(0, min(JUDGE_CALLS, cfg.budget // 20, oracle.remaining or 0))
+        oracle.budget -= judge
 
     offset = oracle.cache[0] if cfg.normalize else 0.0
     # Scale invariance: the LP, the QP, the surrogate and every tolerance see v / unit (unit: the
@@ -576,12 +582,24 @@ def _approximate(
     # every proper coalition evaluated: the LP had every row, the answer is certified
     certified = n <= MAX_VECTOR_PLAYERS and len(evaluated) == (1 << n) - 2
     relaxation = 0.0
-    robust = cfg.robust_payoff
-    if robust is None:  # auto: where the evaluated rows are too few to pin the payoff
-        per_player = ROBUST_MAX_ROWS_PER_PLAYER if n > cfg.enumerate_max_n else ROBUST_SMALL_N_ROWS
-        robust = len(evaluated) < per_player * n
-    if not certified and robust and cfg.tie_break == "egalitarian" and n > 1:
-        x, relaxation = _robust(x, sol, evaluated, vals, fit, lp, cfg, scale, slack, tol)
+    if oracle.budget is not None:
+        oracle.budget += judge
+    if not certified and _robust_on(cfg, n, len(evaluated)):
+        # cap the probe's calls at the judge's share (all of it when the budget is unlimited)
+        sizes = max(1, (judge if cfg.budget is not None else JUDGE_CALLS) // 9)
+
+        def probe(xc: npt.NDArray[np.float64]) -> float:
+            masks = [m for m in prefix_probes(xc, fit.fit(), sizes) if m not in (0, grand)]
+            before = oracle.calls
+            oracle.evaluate(masks)
+            bar.update(oracle.calls - before)
+            done = [m for m in masks if m in oracle]
+            if not done:
+                return -math.inf
+            return float(max(np.array([value(m) for m in done]) - _coalition_sums(xc, done, n)))
+
+        x, relaxation = _robust(x, sol, evaluated, vals, fit, lp, cfg, scale, slack, tol, probe)
+        evaluated, vals = known_rows()  # the probes' coalitions were paid for: they count
     excess = vals - _coalition_sums(x, evaluated.tolist(), n)
     upper = float(excess.max())
     if not cfg.proper:
@@ -654,6 +672,7 @@ def _robust(
     scale: float,
     slack: float,
     tol: float,
+    probe: Callable[[npt.NDArray[np.float64]], float] | None = None,
 ) -> tuple[npt.NDArray[np.float64], float]:
     """The payoff of :func:`~coreopt.game.robust.robust_payoff` and its level relaxation (solver
     units); the relaxed points come from :func:`~coreopt.game.generation.egalitarian` (the warm
@@ -679,8 +698,20 @@ def _robust(
             rows_per_round=cfg.rows_per_round,
         )
 
-    chosen, choice = robust_payoff(x, at_level, masks, vals, surrogate, scale, cfg.seed)
+    chosen, choice = robust_payoff(x, at_level, masks, vals, surrogate, scale, cfg.seed, probe)
     return chosen, choice.delta
+
+
+def _robust_on(cfg: LeastCoreConfig, n: int, rows: int) -> bool:
+    """Whether ``robust_payoff`` applies with ``rows`` proper coalitions evaluated (or, before
+    the run, the budget): forced by ``cfg.robust_payoff``, else below the rows-per-player
+    thresholds; only with the egalitarian tie-break and at least two players."""
+    if cfg.tie_break != "egalitarian" or n < 2:
+        return False
+    if cfg.robust_payoff is not None:
+        return bool(cfg.robust_payoff)
+    per_player = ROBUST_MAX_ROWS_PER_PLAYER if n > cfg.enumerate_max_n else ROBUST_SMALL_N_ROWS
+    return rows < per_player * n
 
 
 def _audit(
@@ -933,6 +964,11 @@ calls +7.0% / +3.4% (12 runs): the surrogate's prediction helps while the restri
 is poorly pinned and misleads once it is well pinned. At n = 100, 200 and 1,000 with 3,000 calls
 (29, 15 and 3 per player) it lowered the requirement on coverage (47.0 → 31.1, 67.7 → 35.1,
 94.1 → 47.7) and left weighted voting unchanged."""
+
+JUDGE_CALLS = 144
+"""Real calls (at most a twentieth of the budget, held back from the start) that test the
+candidate payoffs of ``robust_payoff``: three candidates x three orders x 16 prefix sizes
+(:func:`~coreopt.game.robust.prefix_probes`)."""
 
 ROBUST_SMALL_N_ROWS = 10
 """The same threshold up to ``enumerate_max_n`` players (the surrogate is maximised exactly there,
