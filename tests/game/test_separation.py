@@ -173,3 +173,25 @@ def test_surrogate_ascent_ends_at_local_maxima_and_finds_the_global_one(seed: in
     # a known end point is replaced by its best unknown neighbour, never returned
     again = top_by_ascent(surrogate, x, 8, {best}, starts)
     assert best not in again
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_top_flips_ranks_like_materialised_local_search(pairs: bool) -> None:
+    from coreopt.game.separation import Surrogate, local_search, top_flips
+
+    rng = np.random.default_rng(3)
+    n = 12
+    b = np.triu(rng.normal(size=(n, n)) * 0.2, 1) if pairs else np.zeros((n, n))
+    s = Surrogate(0.1, rng.normal(size=n), b, np.cumsum(rng.normal(size=n + 1)))
+    x = rng.normal(size=n) * 0.3
+    bases = [int(m) for m in rng.integers(1, (1 << n) - 1, 6)]
+    exclude = {bases[0] ^ 1, bases[1] ^ 4}
+    flips = local_search(bases, n, exclude)
+    z = np.array([[(m >> i) & 1 for i in range(n)] for m in flips], dtype=float)
+    pred = s.predict(np.array(flips)) - z @ x
+    want = [flips[i] for i in np.argsort(-pred, kind="stable")[:10]]
+    got = top_flips(s, x, bases, 10, exclude)
+    assert len(got) == 10
+    assert not set(got) & exclude
+    by_mask = dict(zip(flips, pred, strict=True))
+    np.testing.assert_allclose([by_mask[m] for m in got], [by_mask[m] for m in want], atol=1e-9)

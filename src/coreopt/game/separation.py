@@ -472,6 +472,48 @@ def local_search(tight: list[int], n: int, exclude: set[int]) -> list[int]:
     return out
 
 
+def top_flips(
+    surrogate: Surrogate,
+    x: npt.NDArray[np.float64],
+    bases: list[int],
+    k: int,
+    exclude: set[int],
+) -> list[int]:
+    """The ``k`` 1-bit flips of ``bases`` of largest predicted excess ``v̂(S) - x(S)`` (proper,
+    not in ``exclude``, distinct), best first: :func:`local_search` ranked by the surrogate
+    without materialising the ``len(bases) · n`` flipped coalitions (``(bases, n)`` arrays of
+    gains instead; at n = 1,000 with 1,000 tight rows the materialised ranking took gigabytes).
+    """
+    n = surrogate.n
+    if not bases or k < 1:
+        return []
+    grand = (1 << n) - 1
+    Z = incidence(bases, n).astype(bool)
+    size = Z.sum(axis=1).astype(np.int64)
+    g = surrogate.g if surrogate.g is not None else np.zeros(n + 1)
+    field = surrogate.a - x + Z.astype(np.float64) @ (surrogate.b + surrogate.b.T)
+    sign = np.where(Z, -1.0, 1.0)
+    size_gain = np.where(
+        Z,
+        (g[np.maximum(size - 1, 0)] - g[size])[:, None],
+        (g[np.minimum(size + 1, n)] - g[size])[:, None],
+    )
+    base = surrogate.predict(bases) - Z.astype(np.float64) @ x
+    pred = base[:, None] + sign * field + size_gain
+    out: list[int] = []
+    seen = set(exclude)
+    for flat in np.argsort(-pred, axis=None, kind="stable").tolist():
+        r, i = divmod(flat, n)
+        m = bases[r] ^ (1 << i)
+        if m in (0, grand) or m in seen:
+            continue
+        seen.add(m)
+        out.append(m)
+        if len(out) >= k:
+            break
+    return out
+
+
 def random_masks(rng: np.random.Generator, n: int, k: int) -> list[int]:
     """``k`` uniform random proper coalitions (each player in with probability 1/2), any n."""
     grand = (1 << n) - 1

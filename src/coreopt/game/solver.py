@@ -57,6 +57,7 @@ from coreopt.game.separation import (
     top_by_enumeration,
     top_by_milp,
     top_by_size,
+    top_flips,
 )
 from coreopt.status import Status
 
@@ -815,6 +816,10 @@ def _propose(
                 out += top_by_milp(surrogate, x, max(1, batch // 2), known | set(out))
     if "local_search" in cfg.oracles:
         tight = [int(m) for m in sol.masks[sol.duals > 1e-9]]
+        bases = list(dict.fromkeys(frontier + tight))
+        if surrogate is not None and len(bases) * n > FLIPS_MATERIALISED_MAX:
+            out += top_flips(surrogate, x, bases, batch, known | set(out))
+            return list(dict.fromkeys(out))
         flips = local_search(frontier + tight, n, known | set(out))
         if flips and surrogate is not None:
             pred = surrogate.predict(mask_array(flips, n)) - _coalition_sums(x, flips, n)
@@ -997,6 +1002,11 @@ DEFAULT_BATCH = 32
 AIMED_BATCH = 8
 """The same when ``greedy_paths`` is on by default: fewer, so that the budget buys more rounds
 (more LP re-solves, each aiming the searches at a new payoff)."""
+
+FLIPS_MATERIALISED_MAX = 200_000
+"""Above this many 1-bit flips of the tight and violated rows, ``"local_search"`` ranks them by
+gains (:func:`~coreopt.game.separation.top_flips`) instead of building each flipped coalition
+(n = 1,000, 3,000 calls: a round's ranking had grown to gigabytes and minutes)."""
 
 ASCENT_STARTS = 64
 """Random starts of the surrogate ascent each round, besides the tight and violated rows."""
