@@ -57,6 +57,14 @@ class PayoffChoice:
     predicted: dict[float, float]
 
 
+def _orders(x: npt.NDArray[np.float64], a: npt.NDArray[np.float64]) -> list[npt.NDArray[np.intp]]:
+    """Players by largest ``a_i - x_i``, by smallest ``x_i`` and by smallest ``x_i / a_i``
+    (``a_i <= 0`` last): the prefixes that :func:`predicted_requirement` and
+    :func:`prefix_probes` look at."""
+    ratio = np.where(a > 0, x / np.maximum(a, 1e-300), np.inf)
+    return [np.argsort(key, kind="stable") for key in (x - a, x, ratio)]
+
+
 def predicted_requirement(
     x: npt.NDArray[np.float64],
     masks: list[int],
@@ -84,9 +92,7 @@ def predicted_requirement(
         # per size k, the first k players of three orders: largest a_i - x_i (the unclipped
         # maximiser), smallest x_i and smallest x_i / a_i (cheap coalitions, which win once v̂
         # reaches the clip: a threshold game's blocking coalitions)
-        ratio = np.where(surrogate.a > 0, x / np.maximum(surrogate.a, 1e-300), np.inf)
-        orders = (x - surrogate.a, x, ratio)
-        for order in (np.argsort(key, kind="stable") for key in orders):
+        for order in _orders(x, surrogate.a):
             pay = np.cumsum(x[order])[: n - 1]
             pred = surrogate.intercept + np.cumsum(surrogate.a[order])[: n - 1] + g[sizes]
             best = max(best, float((np.clip(pred, lo, hi) - pay).max()))
@@ -112,12 +118,10 @@ def prefix_probes(x: npt.NDArray[np.float64], surrogate: Surrogate, sizes: int) 
     n = x.shape[0]
     if n < 3 or sizes < 1:
         return []
-    a = surrogate.a
-    ratio = np.where(a > 0, x / np.maximum(a, 1e-300), np.inf)
     grid = np.unique(np.geomspace(1, n - 1, sizes).round().astype(int)).tolist()
     prefixes = []
-    for key in (x - a, x, ratio):
-        bits = [1 << int(i) for i in np.argsort(key, kind="stable")]
+    for order in _orders(x, surrogate.a):
+        bits = [1 << int(i) for i in order]
         prefixes.append(np.cumsum(np.array(bits, dtype=object)).tolist())
     out: list[int] = []
     for k in grid:

@@ -394,6 +394,22 @@ def top_by_size(
     return out
 
 
+def flip_gains(
+    surrogate: Surrogate, x: npt.NDArray[np.float64], Z: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float64]:
+    """Change of ``v̂(S) - x(S)`` when player ``i`` is flipped in or out of each coalition,
+    shape ``(len(Z), n)`` for incidence rows ``Z`` (bool, ``(R, n)``)."""
+    n = surrogate.n
+    g = surrogate.g if surrogate.g is not None else np.zeros(n + 1)
+    size = Z.sum(axis=1)
+    field = surrogate.a - x + Z.astype(np.float64) @ (surrogate.b + surrogate.b.T)
+    # flipping i: in -> out loses field_i (its pairs with the others), out -> in gains it
+    sign = np.where(Z, -1.0, 1.0)
+    drop = (g[np.maximum(size - 1, 0)] - g[size])[:, None]
+    add = (g[np.minimum(size + 1, n)] - g[size])[:, None]
+    return np.asarray(sign * field + np.where(Z, drop, add), dtype=np.float64)
+
+
 def top_by_ascent(
     surrogate: Surrogate,
     x: npt.NDArray[np.float64],
@@ -414,19 +430,10 @@ def top_by_ascent(
     if not starts:
         return []
     Z = incidence(starts, n).astype(bool)
-    bsym = surrogate.b + surrogate.b.T
-    c = surrogate.a - x
-    g = surrogate.g if surrogate.g is not None else np.zeros(n + 1)
     rows = np.arange(Z.shape[0])
     for _ in range(2 * n if max_steps is None else max_steps):
         size = Z.sum(axis=1)
-        field = c + Z.astype(np.float64) @ bsym
-        # flipping i: in -> out loses field_i (its pairs with the others), out -> in gains it
-        sign = np.where(Z, -1.0, 1.0)
-        drop = (g[np.maximum(size - 1, 0)] - g[size])[:, None]
-        add = (g[np.minimum(size + 1, n)] - g[size])[:, None]
-        size_gain = np.where(Z, drop, add)
-        gain = sign * field + size_gain
+        gain = flip_gains(surrogate, x, Z)
         gain[Z & (size[:, None] <= 1)] = -np.inf
         gain[~Z & (size[:, None] >= n - 1)] = -np.inf
         best = np.argmax(gain, axis=1)
@@ -489,17 +496,8 @@ def top_flips(
         return []
     grand = (1 << n) - 1
     Z = incidence(bases, n).astype(bool)
-    size = Z.sum(axis=1).astype(np.int64)
-    g = surrogate.g if surrogate.g is not None else np.zeros(n + 1)
-    field = surrogate.a - x + Z.astype(np.float64) @ (surrogate.b + surrogate.b.T)
-    sign = np.where(Z, -1.0, 1.0)
-    size_gain = np.where(
-        Z,
-        (g[np.maximum(size - 1, 0)] - g[size])[:, None],
-        (g[np.minimum(size + 1, n)] - g[size])[:, None],
-    )
     base = surrogate.predict(bases) - Z.astype(np.float64) @ x
-    pred = base[:, None] + sign * field + size_gain
+    pred = base[:, None] + flip_gains(surrogate, x, Z)
     out: list[int] = []
     seen = set(exclude)
     for flat in np.argsort(-pred, axis=None, kind="stable").tolist():

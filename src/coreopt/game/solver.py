@@ -819,13 +819,13 @@ def _propose(
         bases = list(dict.fromkeys(frontier + tight))
         if surrogate is not None and len(bases) * n > FLIPS_MATERIALISED_MAX:
             out += top_flips(surrogate, x, bases, batch, known | set(out))
-            return list(dict.fromkeys(out))
-        flips = local_search(frontier + tight, n, known | set(out))
-        if flips and surrogate is not None:
-            pred = surrogate.predict(mask_array(flips, n)) - _coalition_sums(x, flips, n)
-            order = np.argsort(-pred, kind="stable")
-            flips = [flips[i] for i in order]
-        out += flips[:batch]
+        else:
+            flips = local_search(bases, n, known | set(out))
+            if flips and surrogate is not None:
+                pred = surrogate.predict(mask_array(flips, n)) - _coalition_sums(x, flips, n)
+                order = np.argsort(-pred, kind="stable")
+                flips = [flips[i] for i in order]
+            out += flips[:batch]
     return list(dict.fromkeys(out))
 
 
