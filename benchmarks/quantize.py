@@ -5,7 +5,9 @@ Methods, side by side in one run:
 
 * **coreopt budget** ``quantize(bits_per_weight=B)``: per-layer bits, group size and transform
   chosen under a byte budget (the reference rows; ``--budget-methods cafeq-shared`` adds
-  ``share_transforms=True``: one transform shared by q/k/v and by gate/up, stored once), and
+  ``share_transforms=True``: one transform shared by q/k/v and by gate/up, stored once;
+  ``cafeq-int8`` and ``cafeq-fp16`` set ``transform_dtype="int8"`` / ``"float16"``: the input
+  transforms stored as int8 codes with a float16 scale per block row, or in float16), and
   ``quantize(bits=b, group_size=g)`` at a fixed format (``cafeq``: learned 64 x 64 transforms,
   which cost bytes);
 * **RTN**: round to nearest with min-max scales and integer zero points (``method="rtn"``), and
@@ -50,6 +52,7 @@ import importlib.util
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -194,7 +197,13 @@ def run_coreopt(model: nn.Module, method: str, **kw: Any) -> dict[str, Any]:
     coreopt.quantize(model, method=method, progress=False, **kw)
     rep = model.quantization_report
     names = [r.name for r in rep.layers]
-    return {"rel": rep.mean_rel_error, "names": names, "bpw": rep.bits_per_weight}
+    blocks = Counter(r.transform_block for r in rep.layers if r.transform_block)
+    return {
+        "rel": rep.mean_rel_error,
+        "names": names,
+        "bpw": rep.bits_per_weight,
+        "transforms": dict(sorted(blocks.items())),
+    }
 
 
 def torchao_version() -> str | None:
@@ -369,7 +378,8 @@ def main() -> None:
         "--budget-methods",
         default="cafeq,rtn",
         help="comma list of methods run at each --bpw: cafeq, rtn, cafeq-shared (cafeq with "
-        "share_transforms=True)",
+        "share_transforms=True), cafeq-int8 / cafeq-fp16 (cafeq with transform_dtype='int8' / "
+        "'float16')",
     )
     parser.add_argument(
         "--plot",
@@ -436,6 +446,8 @@ def main() -> None:
                 label = {
                     "cafeq": "coreopt budget",
                     "cafeq-shared": "coreopt budget, shared transforms",
+                    "cafeq-int8": "coreopt budget, int8 transforms",
+                    "cafeq-fp16": "coreopt budget, float16 transforms",
                     "rtn": "RTN mixed precision (budget)",
                 }[impl]
                 runs.append((label, f"budget {bpw}", {"impl": impl, "bits_per_weight": bpw}))
@@ -468,6 +480,13 @@ def main() -> None:
                 out = run_coreopt(
                     model, "cafeq", bits_per_weight=spec["bits_per_weight"], share_transforms=True
                 )
+            elif impl in ("cafeq-int8", "cafeq-fp16"):
+                out = run_coreopt(
+                    model,
+                    "cafeq",
+                    bits_per_weight=spec["bits_per_weight"],
+                    transform_dtype="int8" if impl == "cafeq-int8" else "float16",
+                )
             elif "bits_per_weight" in spec:
                 out = run_coreopt(model, impl, bits_per_weight=spec["bits_per_weight"])
             else:
@@ -499,7 +518,10 @@ def main() -> None:
             shown = " ".join(f"{t}={v:.4f}" for t, v in metric.items())
             print(
                 f"  {subject.name} {label:32s} {form:12s} bpw={bpw_:.3f} {shown} "
-                f"rel={out['rel']:.4f} {secs:.1f}s",
+                f"rel={out['rel']:.4f} {secs:.1f}s"
+                + (
+                    f" transforms(block: layers)={out['transforms']}" if "transforms" in out else ""
+                ),
                 flush=True,
             )
             del model

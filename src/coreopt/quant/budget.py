@@ -6,7 +6,9 @@ columns (``in`` padded up to ``in_pad``, a multiple of ``g``) and an optional bl
 
 * the codes, ``out · in_pad · b`` bits (bit planes, no slack);
 * a scale and a zero point per group, ``2 · out · in_pad / g`` numbers in the metadata dtype;
-* the transform, ``in · k`` numbers in the metadata dtype.
+* the transform, ``in · k`` numbers in the metadata dtype (``transform_dtype="float16"``), or
+  ``in · k`` int8 codes and ``in`` row scales in the metadata dtype (``"int8"``): ``in · k · 8 +
+  in · meta`` bits (:func:`~coreopt.quant.transforms.transform_storage_bits`).
 
 ``bits_per_weight = stored bits / (out · in)``: padding, scales, zero points and transforms all
 count; biases are kept in floating point by every method and are counted in the model's bytes, not
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from coreopt.quant.transforms import transform_storage_bits
+
 
 def stored_bits(
     out_features: int,
@@ -37,19 +41,26 @@ def stored_bits(
     group_size: int,
     block: int = 0,
     meta_bits: int = 16,
+    transform_dtype: str = "float16",
 ) -> int:
-    """Bits a layer stores: codes (padding included), scales and zero points, transform blocks.
+    """Bits a layer stores: codes (padding included), scales and zero points, transform blocks
+    (``transform_dtype``: ``"float16"``, ``in · block`` numbers of ``meta_bits``; ``"int8"``,
+    ``in · block`` 8-bit codes and ``in`` row scales of ``meta_bits``).
 
     Examples:
         >>> stored_bits(384, 384, 3, 64) / (384 * 384)  # 3 bits + 2 float16 per 64 weights
         3.5
         >>> stored_bits(384, 384, 3, 64, block=64) / (384 * 384)  # + a 64 x 64 block per 64 inputs
         6.166666666666667
+        >>> stored_bits(384, 384, 3, 64, block=64, transform_dtype="int8") / (384 * 384)
+        4.875
     """
     n_pad = -(-in_features // group_size) * group_size
     codes = out_features * n_pad * bits
     meta = 2 * out_features * (n_pad // group_size) * meta_bits
-    transform = in_features * block * meta_bits if block else 0
+    transform = (
+        transform_storage_bits(in_features, block, transform_dtype, meta_bits) if block else 0
+    )
     return codes + meta + transform
 
 
@@ -83,22 +94,28 @@ class SharedChoice:
         picks: ``((layer index, option index), ...)``, one per member layer; each member's
             :class:`Option` prices what that layer stores by itself (codes, scales, zero points).
         cost: the bits stored once for the group (the shared transform blocks:
-            ``in · k · meta_bits``, see :func:`shared_transform_bits`).
+            ``in · k · meta_bits``, or ``in · k · 8 + in · meta_bits`` in int8, see
+            :func:`shared_transform_bits`).
     """
 
     picks: tuple[tuple[int, int], ...]
     cost: int
 
 
-def shared_transform_bits(in_features: int, block: int, meta_bits: int = 16) -> int:
+def shared_transform_bits(
+    in_features: int, block: int, meta_bits: int = 16, transform_dtype: str = "float16"
+) -> int:
     """Bits of one block-diagonal transform of ``in_features / block`` blocks of ``block x block``
-    numbers in the metadata dtype, stored once however many layers read it.
+    numbers in the metadata dtype (or int8 codes with a row scale per block row), stored once
+    however many layers read it.
 
     Examples:
         >>> shared_transform_bits(384, 16) / (3 * 384 * 384)  # shared by q, k, v of MiniLM
         0.2222222222222222
+        >>> shared_transform_bits(384, 16, transform_dtype="int8") / (3 * 384 * 384)
+        0.125
     """
-    return in_features * block * meta_bits
+    return transform_storage_bits(in_features, block, transform_dtype, meta_bits)
 
 
 def _pick(options: Sequence[Option], price: float) -> int:

@@ -172,14 +172,18 @@ def check_checkpoint(layers: dict[str, dict[str, Any]], files: Sequence[str]) ->
         raise ValueError("no checkpoint file to load the quantized layers from")
     for name, cfg in layers.items():
         need = ["qweight", "scale", "zero"]
-        need += ["transform"] if cfg.get("transform_block") else []
+        tensors = ["transform"] if cfg.get("transform_block") else []
+        if tensors and cfg.get("transform_dtype") == "int8":
+            tensors.append("transform_scale")  # the int8 codes' row scales
         owner = cfg.get("transform_shared_with")
         if owner:  # a transform stored once, by the layer named there
-            need.remove("transform")
-            if f"{owner}.transform" not in keys:
-                raise ValueError(
-                    f"the checkpoint lacks {owner}.transform, the transform {name!r} shares"
-                )
+            for k in tensors:
+                if f"{owner}.{k}" not in keys:
+                    raise ValueError(
+                        f"the checkpoint lacks {owner}.{k}, the transform {name!r} shares"
+                    )
+        else:
+            need += tensors
         need += ["bias"] if cfg.get("bias") else []
         missing = [f"{name}.{k}" for k in need if f"{name}.{k}" not in keys]
         if missing:

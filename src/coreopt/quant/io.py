@@ -194,6 +194,7 @@ def _empty_layer(name: str, old: nn.Module | None, cfg: dict[str, Any]) -> Quant
         fmt,
         bias=cfg["bias"],
         transform_block=cfg["transform_block"],
+        transform_dtype=cfg.get("transform_dtype", "float16"),
         dtype=_dtype(cfg["bias_dtype"]) if cfg.get("bias_dtype") else torch.float32,
         device=weight.device if isinstance(weight, torch.Tensor) else None,
     )

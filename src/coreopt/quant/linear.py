@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,9 +22,17 @@ from coreopt.quant.kernels import (
     pack_int4,
 )
 from coreopt.quant.packing import pack_bits, unpack_bits
-from coreopt.quant.transforms import apply_blocks, right_blocks
+from coreopt.quant.transforms import (
+    TRANSFORM_DTYPES,
+    apply_blocks,
+    dequantize_int8_blocks,
+    int8_blocks,
+    right_blocks,
+)
 
-_METADATA = ("scale", "zero", "transform")
+_METADATA = ("scale", "zero", "transform", "transform_scale")
+_SHARED = ("transform", "transform_scale")
+"""The buffers a shared transform consists of (the int8 row scales only with int8 storage)."""
 
 AUTO_INT4_ROWS = 16
 """With ``kernel="auto"`` on CPU, inputs of at most this many rows (tokens) run the int4 kernel,
@@ -63,16 +71,17 @@ class _Runtime:
 
 @dataclass(eq=False)
 class _TransformShare:
-    """What the layers sharing one transform tensor hold in common: the last conversion of that
-    tensor by a layer's ``_apply`` (a device move), so that the other layers take the same
-    converted tensor instead of a copy of their own."""
+    """What the layers sharing one transform hold in common: per buffer (``transform`` and, with
+    int8 storage, ``transform_scale``) the last conversion of that tensor by a layer's
+    ``_apply`` (a device move), so that the other layers take the same converted tensor instead
+    of a copy of their own."""
 
-    source: Any = None  # weakref to the tensor before the last conversion
-    result: torch.Tensor | None = None
+    # buffer name -> (weakref to the tensor before the last conversion, the converted tensor)
+    last: dict[str, tuple[Any, torch.Tensor]] = field(default_factory=dict)
 
     def __getstate__(self) -> dict[str, Any]:
         # the last conversion is a cache (and a weakref cannot be pickled): not saved
-        return {"source": None, "result": None}
+        return {"last": {}}
 
 
 class QuantizedLinear(nn.Module):
@@ -84,14 +93,20 @@ class QuantizedLinear(nn.Module):
     * ``qweight``: ``uint8`` bit planes, ``(out, in_pad / 8, bits)`` (exactly ``bits`` bits per
       weight, see :mod:`coreopt.quant.packing`);
     * ``scale``, ``zero``: ``(out, in_pad / group_size)`` in the format's ``scale_dtype``;
-    * ``transform``: ``(in / block, block, block)`` in the format's ``scale_dtype``, or absent;
+    * ``transform``: ``(in / block, block, block)`` in the format's ``scale_dtype``
+      (``transform_dtype="float16"``), or symmetric ``int8`` codes (``transform_dtype="int8"``),
+      or absent;
+    * ``transform_scale``: with int8 codes only, one scale per block row, ``(in / block,
+      block)`` in ``scale_dtype``: the blocks are ``T[j, r, :] = transform[j, r, :] ·
+      transform_scale[j, r]`` (see :func:`~coreopt.quant.transforms.int8_blocks`);
     * ``bias``: the original bias (a frozen parameter), or absent.
 
-    Layers that read the same input (q/k/v, gate/up) may share one ``transform`` tensor
-    (:func:`share_transform`): the first layer of the group stores it (a persistent buffer, in its
-    ``state_dict``), the others hold the same tensor as a non-persistent buffer, so it is saved,
-    loaded and counted (:meth:`memory_bytes`, ``model_bytes``) once; ``transform_shared`` tells
-    them apart. Each layer still applies it to its input in its own forward.
+    Layers that read the same input (q/k/v, gate/up) may share one ``transform`` tensor (and its
+    ``transform_scale``) (:func:`share_transform`): the first layer of the group stores it (a
+    persistent buffer, in its ``state_dict``), the others hold the same tensor as a
+    non-persistent buffer, so it is saved, loaded and counted (:meth:`memory_bytes`,
+    ``model_bytes``) once; ``transform_shared`` tells them apart. Each layer still applies it to
+    its input in its own forward.
 
     ``in_pad`` is ``in_features`` rounded up to a multiple of ``group_size``: a layer whose input
     width is not a multiple of the group size is stored with zero columns appended (the padding
@@ -125,6 +140,7 @@ class QuantizedLinear(nn.Module):
     scale: torch.Tensor
     zero: torch.Tensor
     transform: torch.Tensor | None
+    transform_scale: torch.Tensor | None
 
     def __init__(
         self,
@@ -134,10 +150,16 @@ class QuantizedLinear(nn.Module):
         *,
         bias: bool = True,
         transform_block: int = 0,
+        transform_dtype: str = "float16",
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
+        if transform_dtype not in TRANSFORM_DTYPES:
+            raise ValueError(
+                f"transform_dtype={transform_dtype!r} is unknown; expected one of "
+                f"{TRANSFORM_DTYPES}"
+            )
         if in_features < 1 or out_features < 1:
             raise ValueError(
                 f"in_features and out_features must be positive, got {in_features}, {out_features}"
@@ -152,6 +174,7 @@ class QuantizedLinear(nn.Module):
                 f"transform block {transform_block} does not divide in_features={in_features}"
             )
         self.transform_block = int(transform_block)
+        self.transform_dtype = transform_dtype if transform_block else "float16"
         self.register_buffer(
             "qweight",
             torch.zeros(
@@ -167,11 +190,20 @@ class QuantizedLinear(nn.Module):
         )
         if transform_block:
             k = in_features // transform_block
-            eye = torch.eye(transform_block, dtype=fmt.scale_dtype, device=device)
-            eye = eye.expand(k, -1, -1).clone()
-            self.register_buffer("transform", eye)
+            int8 = self.transform_dtype == "int8"
+            eye = torch.eye(
+                transform_block, dtype=torch.int8 if int8 else fmt.scale_dtype, device=device
+            )
+            self.register_buffer("transform", eye.expand(k, -1, -1).clone())
+            if int8:
+                self.register_buffer(
+                    "transform_scale",
+                    torch.ones(k, transform_block, dtype=fmt.scale_dtype, device=device),
+                )
         else:
             self.transform = None
+        if "transform_scale" not in self._buffers:
+            self.transform_scale = None
         if bias:
             self.bias: nn.Parameter | None = nn.Parameter(
                 torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False
@@ -202,19 +234,37 @@ class QuantizedLinear(nn.Module):
         in_features: int | None = None,
         bias: torch.Tensor | None = None,
         transform: torch.Tensor | None = None,
+        transform_scale: torch.Tensor | None = None,
+        transform_dtype: str | None = None,
     ) -> QuantizedLinear:
         """Build from integer codes ``(out, in_pad)``, per-group ``scale``/``zero`` ``(out,
-        in_pad / g)``, an optional bias and an optional transform ``(k, b, b)``."""
+        in_pad / g)``, an optional bias and an optional transform ``(k, b, b)``.
+
+        The transform is stored in ``transform_dtype`` (default: ``"int8"`` when
+        ``transform_scale`` is given, else ``"float16"``, i.e. the format's ``scale_dtype``).
+        For ``"int8"``, ``transform`` is either the int8 codes or the dequantized blocks
+        ``q s``, with ``transform_scale`` ``(k, b)`` their row scales: the codes are then read
+        back as ``round(T / s)`` (exact for blocks made by
+        :func:`~coreopt.quant.transforms.store_transform`, checked), so the layer stores the
+        very ``T_q`` its weight was fitted to; without ``transform_scale`` the blocks are
+        rounded here (:func:`~coreopt.quant.transforms.int8_blocks`).
+
+        Raises:
+            ValueError: ``transform_scale`` that does not reproduce ``transform`` exactly.
+        """
         out, n_pad = codes.shape
         n = n_pad if in_features is None else in_features
         block = 0 if transform is None else transform.shape[-1]
         dtype = bias.dtype if bias is not None else torch.float32
+        if transform_dtype is None:
+            transform_dtype = "int8" if transform_scale is not None else "float16"
         m = cls(
             n,
             out,
             fmt,
             bias=bias is not None,
             transform_block=block,
+            transform_dtype=transform_dtype,
             dtype=dtype,
             device=codes.device,
         )
@@ -225,7 +275,13 @@ class QuantizedLinear(nn.Module):
         m.zero.copy_(zero.to(fmt.scale_dtype))
         if transform is not None:
             assert m.transform is not None
-            m.transform.copy_(transform.to(fmt.scale_dtype))
+            if m.transform_dtype == "int8":
+                assert m.transform_scale is not None
+                q, s = _int8_codes(transform, transform_scale, fmt.scale_dtype)
+                m.transform.copy_(q)
+                m.transform_scale.copy_(s)
+            else:
+                m.transform.copy_(transform.to(fmt.scale_dtype))
         if bias is not None:
             assert m.bias is not None
             m.bias.data.copy_(bias.detach())
@@ -265,11 +321,21 @@ class QuantizedLinear(nn.Module):
         )
         return W[:, : self.in_features].to(dtype)
 
+    def transform_blocks(self, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """The stored transform's blocks ``T`` ``(in / block, block, block)`` in ``dtype``
+        (int8 codes times their row scales, computed in float32), or ``None``."""
+        if self.transform is None:
+            return None
+        if self.transform_scale is not None:
+            return dequantize_int8_blocks(self.transform, self.transform_scale, dtype)
+        return self.transform.to(dtype)
+
     def effective_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The dense weight this layer applies to its raw input: ``Ŵ T``."""
         W = self.stored_weight(torch.float32)
-        if self.transform is not None:
-            W = right_blocks(W, self.transform.float())
+        T = self.transform_blocks(torch.float32)
+        if T is not None:
+            W = right_blocks(W, T)
         return W.to(dtype)
 
     # ------------------------------------------------------------------ runtime
@@ -333,6 +399,8 @@ class QuantizedLinear(nn.Module):
         ts = [self.qweight, self.scale, self.zero]
         if self.transform is not None:
             ts.append(self.transform)
+        if self.transform_scale is not None:
+            ts.append(self.transform_scale)
         return tuple((t.data_ptr(), t._version) for t in ts)
 
     def runtime(self, kernel: str, device: torch.device, dtype: torch.dtype) -> _Runtime:
@@ -353,8 +421,9 @@ class QuantizedLinear(nn.Module):
                 rt.zero_g = self.zero.to(dtype).unsqueeze(-1).contiguous()
             elif kernel == "dense" and rt.weight is None:
                 rt.weight = self.stored_weight(dtype).contiguous()
-            if self.transform is not None and rt.transform_t is None:
-                rt.transform_t = self.transform.to(dtype).transpose(1, 2).contiguous()
+            T = None if rt.transform_t is not None else self.transform_blocks(dtype)
+            if T is not None:
+                rt.transform_t = T.transpose(1, 2).contiguous()
         self._runtime = rt
         return rt
 
@@ -378,13 +447,16 @@ class QuantizedLinear(nn.Module):
             if new is not None and new.dtype != t.dtype:
                 self._buffers[n] = t.to(new.device)
         share = self._share
-        new_t = self._buffers.get("transform")
-        old_t = saved.get("transform")
-        if share is not None and new_t is not None and old_t is not None and new_t is not old_t:
+        for name in _SHARED if share is not None else ():
+            assert share is not None
+            new_t = self._buffers.get(name)
+            old_t = saved.get(name)
+            if new_t is None or old_t is None or new_t is old_t:
+                continue
             # torch converts buffers module by module: a layer whose shared tensor another
             # member already converted the same way takes that one (one copy on the device)
-            prev = share.source() if share.source is not None else None
-            res = share.result
+            ref, res = share.last.get(name, (None, None))
+            prev = ref() if ref is not None else None
             if (
                 prev is old_t
                 and res is not None
@@ -392,9 +464,9 @@ class QuantizedLinear(nn.Module):
                 and res.dtype == new_t.dtype
                 and torch.equal(res, new_t)
             ):
-                self._buffers["transform"] = res
+                self._buffers[name] = res
             else:
-                share.source, share.result = weakref.ref(old_t), new_t
+                share.last[name] = (weakref.ref(old_t), new_t)
         self._runtime = None
         return out
 
@@ -406,8 +478,9 @@ class QuantizedLinear(nn.Module):
         kernel = self.resolve_kernel(x)
         if kernel == "reference":
             W = self.stored_weight(x.dtype)
-            if self.transform is not None:
-                x = apply_blocks(x, self.transform.to(x.dtype))
+            T = self.transform_blocks(x.dtype)
+            if T is not None:
+                x = apply_blocks(x, T)
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, W, bias)
         dtype = self.resolve_compute_dtype(x)
@@ -457,6 +530,7 @@ class QuantizedLinear(nn.Module):
             "scale_dtype": str(self.fmt.scale_dtype).removeprefix("torch."),
             "bias": self.bias is not None,
             "transform_block": self.transform_block,
+            "transform_dtype": self.transform_dtype,
             "bias_dtype": None
             if self.bias is None
             else str(self.bias.dtype).removeprefix("torch."),
@@ -464,6 +538,7 @@ class QuantizedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         t = f", transform_block={self.transform_block}" if self.transform_block else ""
+        t += ", transform_dtype='int8'" if self.transform_scale is not None else ""
         k = "" if self.kernel == "auto" else f", kernel={self.kernel!r}"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -493,30 +568,61 @@ def share_transform(layers: Sequence[QuantizedLinear], *, adopt: bool = False) -
     """
     if len(layers) < 2:
         raise ValueError("share_transform needs at least two layers")
-    owner = layers[0].transform
-    if owner is None:
+    if layers[0].transform is None:
         raise ValueError("share_transform: the first layer has no transform")
     for m in layers[1:]:
-        t = m.transform
-        if (
-            t is None
-            or t.shape != owner.shape
-            or t.dtype != owner.dtype
-            or (not adopt and t.device != owner.device)
-            or (not adopt and owner.device.type != "meta" and not torch.equal(t, owner))
-        ):
-            raise ValueError(
-                "share_transform: the layers' transforms differ (shape, dtype, device or value); "
-                "only layers quantized with one shared transform can share it"
-            )
+        for name in _SHARED:
+            owner, t = layers[0]._buffers.get(name), m._buffers.get(name)
+            if owner is None and t is None:
+                continue  # no row scales: float16 blocks
+            if (
+                owner is None
+                or t is None
+                or t.shape != owner.shape
+                or t.dtype != owner.dtype
+                or (not adopt and t.device != owner.device)
+                or (not adopt and owner.device.type != "meta" and not torch.equal(t, owner))
+            ):
+                raise ValueError(
+                    "share_transform: the layers' transforms differ (shape, dtype, storage, "
+                    "device or value); only layers quantized with one shared transform can "
+                    "share it"
+                )
     share = _TransformShare()
     layers[0]._share = share
-    layers[0]._non_persistent_buffers_set.discard("transform")
+    names = [n for n in _SHARED if layers[0]._buffers.get(n) is not None]
+    for n in names:
+        layers[0]._non_persistent_buffers_set.discard(n)
     for m in layers[1:]:
-        m._buffers["transform"] = owner
-        m._non_persistent_buffers_set.add("transform")
+        for n in names:
+            m._buffers[n] = layers[0]._buffers[n]
+            m._non_persistent_buffers_set.add(n)
         m._share = share
         m._runtime = None
+
+
+def _int8_codes(
+    T: torch.Tensor, scale: torch.Tensor | None, scale_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Int8 codes and row scales of transform blocks ``T`` (see :meth:`QuantizedLinear.
+    from_codes`): ``T`` already int8 codes, or dequantized blocks read back against ``scale``
+    (exactly), or float blocks rounded here when ``scale`` is ``None``."""
+    if scale is None:
+        if T.dtype == torch.int8:
+            raise ValueError("int8 transform codes need their row scales (transform_scale)")
+        return int8_blocks(T, scale_dtype)
+    s = scale.to(scale_dtype)
+    if T.dtype == torch.int8:
+        return T, s
+    q = torch.round(T.float() / s.float().unsqueeze(-1))
+    if q.abs().max() > 127 or not torch.equal(
+        dequantize_int8_blocks(q.to(torch.int8), s, torch.float32), T.float()
+    ):
+        raise ValueError(
+            "transform_scale does not reproduce the transform blocks exactly: pass the blocks "
+            "rounded by coreopt.quant.transforms.store_transform (or the int8 codes)"
+        )
+    return q.to(torch.int8), s
 
 
 def pad_columns(W: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -31,6 +31,7 @@ from coreopt.quant.transforms import (
     block_diag,
     random_block_orthogonal,
     right_blocks,
+    store_transform,
 )
 
 Codes = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -100,6 +101,9 @@ class LayerOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
     fmt: QuantFormat | None = None
     """The format of the codes (``None``: the configuration's)."""
+    transform_scale: torch.Tensor | None = None
+    """With an int8 transform (``transform_dtype="int8"``): its row scales ``(k, b)``, and
+    ``transform`` holds the dequantized blocks ``q s`` (float32) the codes were fitted to."""
 
     def effective_weight(self, group_size: int) -> torch.Tensor:
         W = dequantize_codes(self.codes, self.scale, self.zero, group_size, torch.float32)
@@ -176,11 +180,15 @@ def _pad_hessian(H: torch.Tensor, n_pad: int) -> torch.Tensor:
     return torch.block_diag(H, torch.eye(n_pad - n, dtype=H.dtype, device=H.device))
 
 
-def _stored_pair(T: torch.Tensor, fmt: QuantFormat) -> tuple[torch.Tensor, torch.Tensor]:
-    """``T`` rounded to the storage dtype (float16 by default) and the exact inverse of the rounded
-    blocks: what is stored is exactly what the proxy and the rounding see."""
-    Ts = T.to(fmt.scale_dtype).float()
-    return Ts, torch.linalg.inv(Ts.double()).float()
+def _stored_pair(
+    T: torch.Tensor, fmt: QuantFormat, transform_dtype: str = "float16"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``T`` rounded to its stored form (:func:`~coreopt.quant.transforms.store_transform`:
+    the format's ``scale_dtype``, or int8 codes with row scales), the exact inverse of the
+    rounded blocks, and the row scales (int8 only): what is stored is exactly what the proxy and
+    the rounding see."""
+    Ts, scale = store_transform(T.float(), transform_dtype, fmt.scale_dtype)
+    return Ts.float(), torch.linalg.inv(Ts.double()).float(), scale
 
 
 def _plain_rtn(W: torch.Tensor, fmt: QuantFormat) -> Codes:
@@ -199,6 +207,7 @@ def _outcome(
     start: float,
     base: Codes,
     note: str = "",
+    transform_scale: torch.Tensor | None = None,
 ) -> LayerOutcome:
     n = W.shape[1]
     g = fmt.group_size
@@ -219,6 +228,7 @@ def _outcome(
         seconds=time.perf_counter() - start,
         note=note,
         fmt=fmt,
+        transform_scale=None if T is None else transform_scale,
     )
 
 
@@ -272,12 +282,13 @@ def hadamard_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[La
             )
             continue
         gen = torch.Generator().manual_seed(t.seed)
-        T, Tinv = _stored_pair(
+        T, Tinv, Ts = _stored_pair(
             random_block_orthogonal(n // b, b, kind="hadamard", generator=gen, device=W.device),
             fmt,
+            cfg.transform_dtype,
         )
         c = _plain_rtn(pad_columns(right_blocks(W, Tinv), fmt.group_size), fmt)
-        outs.append(_outcome(t, fmt, W, c, T, m, "hadamard+rtn", start, base))
+        outs.append(_outcome(t, fmt, W, c, T, m, "hadamard+rtn", start, base, transform_scale=Ts))
     return outs
 
 
@@ -307,13 +318,14 @@ def transform_candidate(
     m: InputMoments | None,
     fmt: QuantFormat,
     cfg: QuantizeConfig,
-) -> tuple[float, str, Codes, torch.Tensor]:
-    """``W`` with the block transform ``T`` (rounded to the storage dtype first): the stored
-    ``W T⁻¹`` is rounded against ``H = T Σ Tᵀ``, padded to the group size after the transform.
-    Returns ``(relative proxy, rounding label, codes, stored T)``."""
+) -> tuple[float, str, Codes, torch.Tensor, torch.Tensor | None]:
+    """``W`` with the block transform ``T`` (rounded to its stored form first, in
+    ``cfg.transform_dtype``): the stored ``W T_q⁻¹`` is rounded against ``H = T_q Σ T_qᵀ``,
+    padded to the group size after the transform. Returns ``(relative proxy, rounding label,
+    codes, stored T_q (k, b, b) float32, its int8 row scales (k, b) or None)``."""
     n = W.shape[1]
     g = fmt.group_size
-    T, Tinv = _stored_pair(T, fmt)
+    T, Tinv, Ts = _stored_pair(T, fmt, cfg.transform_dtype)
     Tm = block_diag(T)
     H = Tm @ (S[:n, :n] if S is not None else torch.eye(n, device=W.device)) @ Tm.T
     n_pad = -(-n // g) * g
@@ -322,7 +334,7 @@ def transform_candidate(
         label = "gptq"
     else:
         label = "rtn+clip" if cfg.clip_search else "rtn"
-    return _proxy(W, _eff(c, g, n, T), m), label, c, T.contiguous()
+    return _proxy(W, _eff(c, g, n, T), m), label, c, T.contiguous(), Ts
 
 
 def cafeq_transform(
@@ -396,7 +408,7 @@ def estimate_loss(
         Tq, Wt = None, W
         w = d + ((U.to(W) ** 2).sum(1) if U is not None else 0.0)
     else:
-        Tq, Tinv = _stored_pair(T, fmt)
+        Tq, Tinv, _ = _stored_pair(T, fmt, cfg.transform_dtype)
         Wt = right_blocks(W, Tinv)
         w = apply_blocks(d, Tq**2)  # diag(T diag(d) Tᵀ)
         if U is not None:
@@ -431,9 +443,9 @@ def cafeq_matrix(t: MatrixTask, cfg: QuantizeConfig) -> LayerOutcome:
     n = W.shape[1]
     Wp, m, S = _plain_problem(t, cfg)
     base = _plain_rtn(Wp, fmt)
-    cands: list[tuple[float, str, Codes, torch.Tensor | None]] = []
+    cands: list[tuple[float, str, Codes, torch.Tensor | None, torch.Tensor | None]] = []
     loss0, label0, c0 = plain_candidate(Wp, n, S, m, fmt, cfg)
-    cands.append((loss0, label0, c0, None))
+    cands.append((loss0, label0, c0, None, None))
     b = cfg.block_size
     note = ""
     if t.transform is not None:
@@ -445,13 +457,13 @@ def cafeq_matrix(t: MatrixTask, cfg: QuantizeConfig) -> LayerOutcome:
         if cfg.transform != "identity":
             note = f"no transform: block {b} does not divide in_features={n}"
     if T0 is not None:
-        loss1, rounding, c1, T1 = transform_candidate(W, T0, S, m, fmt, cfg)
-        cands.append((loss1, f"{label}+{rounding}", c1, T1))
+        loss1, rounding, c1, T1, S1 = transform_candidate(W, T0, S, m, fmt, cfg)
+        cands.append((loss1, f"{label}+{rounding}", c1, T1, S1))
     if cfg.select:
-        _, choice, c, T_ = min(cands, key=lambda x: x[0])
+        _, choice, c, T_, S_ = min(cands, key=lambda x: x[0])
     else:
-        _loss, choice, c, T_ = cands[-1]
-    return _outcome(t, fmt, W, c, T_, m, choice, start, base, note)
+        _loss, choice, c, T_, S_ = cands[-1]
+    return _outcome(t, fmt, W, c, T_, m, choice, start, base, note, S_)
 
 
 def cafeq_method(task: MatrixTask | PairTask, cfg: QuantizeConfig) -> list[LayerOutcome]:

@@ -949,6 +949,7 @@ def quantize(
             in_features=old.in_features,
             bias=None if old.bias is None else old.bias.detach(),
             transform=None if o.transform is None else o.transform.to(dev),
+            transform_scale=None if o.transform_scale is None else o.transform_scale.to(dev),
         )
         new.train(old.training)
         parent_name, _, child = n.rpartition(".")
@@ -1237,6 +1238,7 @@ def _budget_plan(
     index = {t.name: i for i, t in enumerate(tasks)}
     if cfg.method == "cafeq" and cfg.transform != "identity" and cfg.block_options:
         meta = torch.finfo(cfg.scale_dtype).bits
+        tdtype = cfg.transform_dtype
         price = bit_price(options, total)
         units: list[tuple[int, ...]] = [(i,) for i in range(len(tasks))]
         if cfg.share_transforms:
@@ -1270,8 +1272,10 @@ def _budget_plan(
             res = []
             for k in cfg.block_options:
                 # own: the layer's blocks in its option's cost; shared: once, in the choice
-                cost = stored_bits(outs[0], n, chosen[0].bits, chosen[0].group_size, k, meta)
-                extra = cost - chosen[0].cost if own else shared_transform_bits(n, k, meta)
+                cost = stored_bits(
+                    outs[0], n, chosen[0].bits, chosen[0].group_size, k, meta, tdtype
+                )
+                extra = cost - chosen[0].cost if own else shared_transform_bits(n, k, meta, tdtype)
                 # the loss at which the option beats the chosen one(s) at the bit price
                 need = sum(o.loss for o in chosen) - price * extra
                 if n % k or need <= 0:

@@ -79,3 +79,94 @@ def right_blocks(W: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
 def block_diag(T: torch.Tensor) -> torch.Tensor:
     """The dense ``(k b, k b)`` matrix of the blocks ``(k, b, b)``."""
     return torch.block_diag(*T.unbind(0))
+
+
+TRANSFORM_DTYPES: tuple[str, ...] = ("float16", "int8")
+"""Storage formats of a layer's input transform (see :func:`store_transform`)."""
+
+INT8_MAX = 127
+"""Largest code of the symmetric int8 transform storage (codes in ``[-127, 127]``)."""
+
+
+def transform_storage_bits(
+    in_features: int, block: int, transform_dtype: str, meta_bits: int
+) -> int:
+    """Stored bits of one block-diagonal transform of ``in_features / block`` blocks ``b x b``.
+
+    ``"float16"``: ``in · b`` numbers in the metadata dtype (``meta_bits`` each, 16 for float16);
+    ``"int8"``: ``in · b`` 8-bit codes plus one row scale per block row, ``in`` numbers in the
+    metadata dtype: ``in · b · 8 + in · meta_bits``.
+
+    Examples:
+        >>> transform_storage_bits(384, 64, "float16", 16) / (384 * 384)  # MiniLM, 64 x 64 blocks
+        2.6666666666666665
+        >>> transform_storage_bits(384, 64, "int8", 16) / (384 * 384)
+        1.375
+    """
+    if transform_dtype == "float16":
+        return in_features * block * meta_bits
+    if transform_dtype == "int8":
+        return in_features * block * 8 + in_features * meta_bits
+    raise ValueError(
+        f"transform_dtype={transform_dtype!r} is unknown; expected one of {TRANSFORM_DTYPES}"
+    )
+
+
+def int8_blocks(
+    T: torch.Tensor, scale_dtype: torch.dtype = torch.float16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 storage of transform blocks ``T`` ``(k, b, b)``: ``(codes, scale)``.
+
+    One scale per block *row* (row ``r`` of block ``j`` makes output feature ``j b + r`` of
+    ``x' = T x``): ``s = absmax(T[j, r, :]) / 127`` rounded *up* to ``scale_dtype`` (so no code
+    is clipped and ``|T - q s| <= s / 2`` for every element), 1 for an all-zero row; codes
+    ``q = round(T / s)`` in ``[-127, 127]``. Returns ``codes`` ``(k, b, b)`` ``int8`` and
+    ``scale`` ``(k, b)`` in ``scale_dtype``. (CafeQ learns the transform; storing it in int8 with
+    row scales is our choice.)
+
+    Examples:
+        >>> import torch
+        >>> T = torch.randn(2, 4, 4)
+        >>> q, s = int8_blocks(T)
+        >>> err = (T - dequantize_int8_blocks(q, s)).abs()
+        >>> bool((err <= s.float().unsqueeze(-1) / 2).all())
+        True
+    """
+    T = T.detach().float()
+    raw = T.abs().amax(dim=-1) / INT8_MAX
+    s = raw.to(scale_dtype)
+    up = torch.nextafter(s, torch.full_like(s, float("inf")))
+    s = torch.where(s.float() < raw, up, s)
+    s = torch.where(s.float() > 0, s, torch.ones_like(s))
+    codes = torch.round(T / s.float().unsqueeze(-1)).clamp_(-INT8_MAX, INT8_MAX)
+    return codes.to(torch.int8), s
+
+
+def dequantize_int8_blocks(
+    codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The blocks ``q s`` ``(k, b, b)`` of int8 ``codes`` ``(k, b, b)`` and row scales
+    ``(k, b)``, computed in float32 (exact: a 7-bit code times an 11-bit float16 scale) and cast
+    to ``dtype``."""
+    return (codes.float() * scale.float().unsqueeze(-1)).to(dtype)
+
+
+def store_transform(
+    T: torch.Tensor, transform_dtype: str = "float16", scale_dtype: torch.dtype = torch.float16
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``T`` ``(k, b, b)`` rounded to its stored form: ``(T_q, row_scale)``.
+
+    ``"float16"``: ``T`` rounded to ``scale_dtype`` (float16 by default), no row scale;
+    ``"int8"``: :func:`int8_blocks`, ``T_q = q s`` and the row scales ``(k, b)``. ``T_q`` is in
+    ``T``'s dtype (float32 for float16 inputs) and holds exactly what a layer stores: the
+    quantizers fit the weight ``W T_q⁻¹`` to it, never to ``T``.
+    """
+    dtype = T.dtype if T.dtype in (torch.float32, torch.float64) else torch.float32
+    if transform_dtype == "float16":
+        return T.to(scale_dtype).to(dtype), None
+    if transform_dtype == "int8":
+        q, s = int8_blocks(T, scale_dtype)
+        return dequantize_int8_blocks(q, s, dtype), s
+    raise ValueError(
+        f"transform_dtype={transform_dtype!r} is unknown; expected one of {TRANSFORM_DTYPES}"
+    )
