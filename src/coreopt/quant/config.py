@@ -156,6 +156,13 @@ class QuantizeConfig:
             ``W T⁻¹`` is computed and rounded, and every proxy loss (selection, the byte
             budget's pricing) is that of the stored ``T``. The learned transform is CafeQ's;
             its int8 storage is our choice. The byte budget prices transforms in this storage.
+            Opt-in (our choice, measured on a 2-core CPU, ``benchmarks/RESULTS.md``): at equal
+            bytes int8 was better on MiniLM at 3.5 and 4.5 bits per weight (the knapsack buys 3
+            and 15 transforms instead of 1 and 8) and on SmolLM2 at 4.5, but on SmolLM2 at 3.5
+            it bought 50 transforms (q, o, gate, down; 2 in float16) whose lower proxy did not
+            carry over: the prose perplexity rose from 99 to 134, and pricing the many options
+            that pass the screen took ``quantize(SmolLM2, bits_per_weight=3.5)`` from about 55
+            to 215 s, over the 120 s target.
     """
 
     bits: int = 4
