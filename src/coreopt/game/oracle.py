@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from coreopt.errors import BudgetExhaustedError, CoreoptError, NonFiniteError
 from coreopt.game.coalitions import Players, incidence, mask_array
+from coreopt.game.threads import caller_threads
 from coreopt.parallel.aio import run_sync
 
 _TIMED_CALLS = 4
@@ -308,12 +309,13 @@ class ValueOracle:
         t0 = time.perf_counter()
         complete = False
         try:
-            if self.vector is not None:
-                self._run_vector(_flat(runs), self.vector)
-            elif self.is_async:
-                self._run_async(_flat(runs))
-            else:
-                self._run_threads(runs, dense=sweep and self.players.n <= DENSE_MAX_N)
+            with caller_threads():  # the value function gets the caller's BLAS threads
+                if self.vector is not None:
+                    self._run_vector(_flat(runs), self.vector)
+                elif self.is_async:
+                    self._run_async(_flat(runs))
+                else:
+                    self._run_threads(runs, dense=sweep and self.players.n <= DENSE_MAX_N)
         finally:
             self.seconds += time.perf_counter() - t0
             complete = len(self._memo) + self._dense_count - before == total

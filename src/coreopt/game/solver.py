@@ -60,6 +60,7 @@ from coreopt.game.separation import (
     top_by_size,
     top_flips,
 )
+from coreopt.game.threads import solver_threads
 from coreopt.status import Status
 
 logger = logging.getLogger("coreopt.game")
@@ -244,7 +245,8 @@ def _solve(
     if box is not None:
         box["ledger"], box["known"], box["state"] = ledger, known_labels, state
     try:
-        with ledger.signals(lambda: _all_values(ledger, known_labels, state)):
+        # one BLAS thread for the solver's arithmetic: the same payoff on any machine
+        with ledger.signals(lambda: _all_values(ledger, known_labels, state)), solver_threads():
             res = _solve_known(ledger.wrap(value_fn), players, cfg, known, loop, state, lost)
     except BaseException as exc:
         ledger.halt()  # queued calls give up instead of paying
