@@ -371,7 +371,7 @@ def _approximate(
         )
     if any(m not in oracle for m in first):  # pragma: no cover - guarded by the budget check
         raise ValueError("the budget ran out before v(N) and the singletons were evaluated")
-    cfg = _resolve_search(cfg, n, oracle, grand)
+    cfg, sampled = _resolve_search(cfg, n, oracle, grand)
     seeds: list[int] = []
     if "leave_one_out" in cfg.seeds:
         seeds += [grand ^ (1 << i) for i in range(n)]
@@ -413,7 +413,7 @@ def _approximate(
     # above LOOP_TIE_BREAK_MAX_N players the separation target is the minimum-norm point of the
     # restricted least core on one warm HiGHS QP (the exact tie-break runs once, at the end)
     loop_qp = None
-    if cfg.tie_break is not None and n > LOOP_TIE_BREAK_MAX_N:
+    if cfg.tie_break is not None and n > LOOP_TIE_BREAK_MAX_N and not sampled:
         loop_qp = IncrementalMinNorm(n, lp.grand_value, lp.x_lower)
 
     def sync_rows() -> None:
@@ -487,7 +487,9 @@ def _approximate(
             # the tie-broken payoff is the separation target up to LOOP_TIE_BREAK_MAX_N players;
             # beyond, the warm HiGHS QP's min-norm point (the exact tie-break, a QP rebuilt and
             # polished each round, cost more than the value calls; it runs once, at the end)
-            x_cur = payoff(sol)[0] if loop_qp is None else loop_target(sol)
+            # with the sampled search (uniform probes, which no target steers) the LP's own
+            # point: the min-norm QP on uniform rows cost 27 s a round at n = 1,000
+            x_cur = sol.x if sampled else (payoff(sol)[0] if loop_qp is None else loop_target(sol))
             level = sol.epsilon + slack
             candidates = _propose(oracle, sol, x_cur, cfg, n, value, frontier, fit)
             probes: list[int] = []
@@ -1018,18 +1020,19 @@ AIMED_BATCH = 8
 SAMPLED_PROBES = 64
 """``probes=None`` above ``QUADRATIC_MAX_N`` players on a game that does not look subadditive:
 the budget goes to uniform probes, ``SAMPLED_BATCH`` surrogate and local-search candidates a
-round. There the surrogate is the ``"size"`` one (linear in the players plus size hinges), and on
-weighted voting its candidates (prefixes of the players by ``a_i - x_i``, 1-flips of the tight
-rows) pinned the payoff worse than uniform coalitions: the payoff's true requirement (exact MILP
-audit, e* ≈ 0.498 of ``v(N)``; benchmarks/RESULTS.md), game seeds 0-2, 32 candidates and 32
-probes a round → 1 and 64: n = 64 with 2,000 calls 0.670 / 0.643 / 0.634 → 0.546 / 0.557 / 0.545,
-n = 80 with 3,000 0.617 / 0.628 / 0.616 → 0.542 / 0.534 / 0.539, with 8,000 0.518 / 0.519 / 0.519 →
-0.512 / 0.510 / 0.507, n = 100 with 3,000 0.683 / 0.651 / 0.607 → 0.551 / 0.557 / 0.556, n = 200
-with 3,000 0.692 / 0.680 / 0.662 → 0.630 / 0.615 / 0.634. Convex (supermodular pairwise) games
-at n = 100 gave the same payoff to the digit, glove and majority games the same requirement.
-At n = 40 (the quadratic surrogate) the candidates helped (voting, 1,200 calls: 0.611 / 0.571 /
-0.577 with them, 0.675 / 0.613 / 0.675 with probes alone), so the rule starts above
-``QUADRATIC_MAX_N``."""
+round, and each round's target is the LP's own point (the probes do not depend on it; the
+min-norm QP on uniform rows took 27 s a round at n = 1,000). There the surrogate is the
+``"size"`` one (linear in the players plus size hinges), and on weighted voting its candidates
+(prefixes of the players by ``a_i - x_i``, 1-flips of the tight rows) pinned the payoff worse than
+uniform coalitions: the payoff's true requirement (exact MILP audit, e* ≈ 0.498 of ``v(N)``;
+benchmarks/RESULTS.md), game seeds 0-2, 32 candidates and 32 probes a round → this: n = 64 with
+2,000 calls 0.670 / 0.643 / 0.634 → 0.553 / 0.557 / 0.545, n = 80 with 3,000 0.617 / 0.628 /
+0.616 → 0.532 / 0.534 / 0.539, with 8,000 0.518 / 0.519 / 0.519 → 0.511 / 0.510 / 0.507, n = 100
+with 3,000 0.683 / 0.651 / 0.607 → 0.551 / 0.557 / 0.556, n = 200 with 3,000 0.692 / 0.680 /
+0.662 → 0.621 / 0.612 / 0.629. Convex (supermodular pairwise) games at n = 100 gave the same
+payoff to the digit, glove and majority games the same requirement. At n = 40 (the quadratic
+surrogate) the candidates helped (voting, 1,200 calls: 0.611 / 0.571 / 0.577 with them, 0.675 /
+0.613 / 0.675 with probes alone), so the rule starts above ``QUADRATIC_MAX_N``."""
 
 SAMPLED_BATCH = 1
 """``batch_size=None`` where :data:`SAMPLED_PROBES` applies."""
@@ -1056,8 +1059,9 @@ and the ``"size"`` surrogate (``n + 9`` features) beyond."""
 
 def _resolve_search(
     cfg: LeastCoreConfig, n: int, oracle: ValueOracle, grand: int
-) -> LeastCoreConfig:
-    """``cfg`` with the ``"auto"`` search options resolved from ``v(N)`` and the singletons.
+) -> tuple[LeastCoreConfig, bool]:
+    """``cfg`` with the ``"auto"`` search options resolved from ``v(N)`` and the singletons,
+    and whether the sampled search (``SAMPLED_PROBES``) was chosen.
 
     A game whose singletons together are worth more than the grand coalition
     (``Σ v({i}) > v(N)``, after ``v(∅)`` is subtracted when ``normalize``) looks subadditive, like
@@ -1095,7 +1099,9 @@ def _resolve_search(
         changes["probes"] = AIMED_BATCH if greedy else SAMPLED_PROBES if sampled else DEFAULT_BATCH
     if cfg.surrogate == "auto" and aimed and n <= QUADRATIC_MAX_N:
         changes["surrogate"] = "quadratic_size"
-    return dataclasses.replace(cfg, **changes) if changes else cfg
+    uniform = changes.get("probe_sizes", cfg.probe_sizes) == "uniform"
+    sampled_on = sampled and uniform and cfg.batch_size is None and cfg.probes is None
+    return (dataclasses.replace(cfg, **changes) if changes else cfg), sampled_on
 
 
 def _count(value: int | None) -> int:
