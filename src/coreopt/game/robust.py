@@ -72,6 +72,13 @@ def _orders(x: npt.NDArray[np.float64], a: npt.NDArray[np.float64]) -> list[npt.
     return [np.argsort(key, kind="stable") for key in (x - a, x, ratio)]
 
 
+def known_excesses(
+    x: npt.NDArray[np.float64], masks: list[int], values: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """``v(S) - x(S)`` over the evaluated coalitions ``masks`` (values shape ``(R,)``)."""
+    return values - incidence(masks, x.shape[0]) @ x
+
+
 def predicted_requirement(
     x: npt.NDArray[np.float64],
     masks: list[int],
@@ -87,8 +94,7 @@ def predicted_requirement(
     steepest-ascent local maxima from the evaluated coalitions of largest excess and
     ``ASCENT_STARTS`` random ones."""
     n = x.shape[0]
-    inc = incidence(masks, n)
-    known_ex = values - inc @ x
+    known_ex = known_excesses(x, masks, values)
     best = float(known_ex.max()) if known_ex.size else -np.inf
     if n < 2 or not values.size:
         return best
@@ -137,15 +143,6 @@ def prefix_probes(x: npt.NDArray[np.float64], surrogate: Surrogate, sizes: int) 
             if m not in out:
                 out.append(m)
     return out
-
-
-def _known_excess(
-    x: npt.NDArray[np.float64], masks: list[int], values: npt.NDArray[np.float64]
-) -> float:
-    """``max_{S evaluated} v(S) - x(S)`` (``-inf`` when nothing was evaluated)."""
-    if not values.size:
-        return -np.inf
-    return float((values - incidence(masks, x.shape[0]) @ x).max())
 
 
 def robust_payoff(
@@ -206,7 +203,8 @@ def robust_payoff(
         for d in candidates:
             shown = probe(points[d], surrogate)
             if d == 0.0 and not surrogate.pairwise:
-                judged[d] = max(_known_excess(x0, masks, values), shown)
+                known = known_excesses(x0, masks, values)
+                judged[d] = max(float(known.max()) if known.size else -np.inf, shown)
             else:
                 judged[d] = max(predicted[d], shown)
     best_d = 0.0
