@@ -46,6 +46,15 @@ and 4.6%; n = 16, 18 with 150 calls: 20-110%). The margin is thin: with two BLAS
 fit's last digits depend on the summation order) glove(18, 22)'s false gain is 2.04% and it
 still moves."""
 
+PROBE_SIZES = 16
+"""Prefix sizes of a full judge's probe (:data:`coreopt.game.solver.JUDGE_CALLS` = 144 calls: three
+candidates x three orders x 16 sizes)."""
+
+EVIDENCE_MIN_SIZES = 8
+"""Prefix sizes the probe needs (72 judge calls: budgets of 1,440 calls or more) before
+``δ = 0``'s requirement is judged on real evidence alone for a surrogate without pairwise
+terms."""
+
 ASCENT_STARTS = 64
 """Random starts (of uniformly random size) of the surrogate ascent, besides the evaluated
 coalitions of largest excess."""
@@ -154,6 +163,7 @@ def robust_payoff(
     scale: float,
     seed: int,
     probe: Callable[[npt.NDArray[np.float64], Surrogate], float] | None = None,
+    probe_sizes: int = PROBE_SIZES,
 ) -> tuple[npt.NDArray[np.float64], PayoffChoice]:
     """The payoff of lowest predicted requirement among ``x0`` and the relaxed-level points.
 
@@ -171,10 +181,16 @@ def robust_payoff(
             computed are candidates, and each one's requirement is the larger of the prediction
             and the probe (real calls can show what the surrogate misses: a threshold game's
             cheap blocking coalitions). For a surrogate without pairwise terms (the ``"size"``
-            one the solver fits above 60 players) ``δ = 0``'s requirement is only what real
-            coalitions show (the evaluated ones and the probe's): a relaxed level must beat
-            evidence paid for, not that surrogate's prediction, whose excesses on glove games
-            (n = 80, 100) no coalition had and moved exact payoffs (benchmarks/RESULTS.md).
+            one the solver fits above 60 players) and a probe of enough sizes (below),
+            ``δ = 0``'s requirement is only what real coalitions show (the evaluated ones and
+            the probe's): a relaxed level must beat evidence paid for, not that surrogate's
+            prediction, whose excesses on glove games (n = 80, 100) no coalition had and moved
+            exact payoffs (benchmarks/RESULTS.md). That needs a probe of at least
+            ``EVIDENCE_MIN_SIZES`` sizes (budgets of 1,440 calls or more: the probe gets a
+            twentieth); with fewer the evidence is too thin and the prediction counts:
+            majority(101) with 300 calls (a probe of one size) needed 3.29 of ``v(N)`` on
+            evidence alone, 0.495 (= e*) with the prediction.
+        probe_sizes: how many prefix sizes ``probe`` looks at.
 
     Returns:
         ``(x, choice)``: ``x0`` itself unless a relaxed level's requirement is lower by more
@@ -202,7 +218,7 @@ def robust_payoff(
         )
         for d in candidates:
             shown = probe(points[d], surrogate)
-            if d == 0.0 and not surrogate.pairwise:
+            if d == 0.0 and not surrogate.pairwise and probe_sizes >= EVIDENCE_MIN_SIZES:
                 known = known_excesses(x0, masks, values)
                 judged[d] = max(float(known.max()) if known.size else -np.inf, shown)
             else:

@@ -604,7 +604,9 @@ def _approximate(
                 return -math.inf
             return float(max(np.array([value(m) for m in done]) - _coalition_sums(xc, done, n)))
 
-        x, relaxation = _robust(x, sol, evaluated, vals, fit, lp, cfg, scale, slack, tol, probe)
+        x, relaxation = _robust(
+            x, sol, evaluated, vals, fit, lp, cfg, scale, slack, tol, probe, probe_sizes=sizes
+        )
         evaluated, vals = known_rows()  # the probes' coalitions were paid for: they count
     excess = vals - _coalition_sums(x, evaluated.tolist(), n)
     upper = float(excess.max())
@@ -679,6 +681,7 @@ def _robust(
     slack: float,
     tol: float,
     probe: Callable[[npt.NDArray[np.float64], Surrogate], float] | None = None,
+    probe_sizes: int = 0,
 ) -> tuple[npt.NDArray[np.float64], float]:
     """The payoff of :func:`~coreopt.game.robust.robust_payoff` and its level relaxation (solver
     units); the relaxed points come from :func:`~coreopt.game.generation.egalitarian` (the warm
@@ -705,14 +708,7 @@ def _robust(
         )
 
     chosen, choice = robust_payoff(
-        x,
-        at_level,
-        masks,
-        vals,
-        surrogate,
-        scale,
-        cfg.seed,
-        probe,
+        x, at_level, masks, vals, surrogate, scale, cfg.seed, probe, probe_sizes=probe_sizes
     )
     return chosen, choice.delta
 
