@@ -50,10 +50,12 @@ PROBE_SIZES = 16
 """Prefix sizes of a full judge's probe (:data:`coreopt.game.solver.JUDGE_CALLS` = 144 calls: three
 candidates x three orders x 16 sizes)."""
 
-EVIDENCE_MIN_SIZES = 8
-"""Prefix sizes the probe needs (72 judge calls: budgets of 1,440 calls or more) before
+EVIDENCE_MIN_SIZES = 4
+"""Prefix sizes the probe needs (36 judge calls: budgets of 720 calls or more) before
 ``δ = 0``'s requirement is judged on real evidence alone for a surrogate without pairwise
-terms."""
+terms. Measured (benchmarks/RESULTS.md, session 6): with 8, glove(45, 55) and glove(35, 45) at
+10 calls per player kept the prediction and relaxed to payoffs needing 3.36 and 1.43 (exact
+with 4); with any number, majority(101) at 300 calls (one size) kept a point needing 3.29."""
 
 ASCENT_STARTS = 64
 """Random starts (of uniformly random size) of the surrogate ascent, besides the evaluated
@@ -186,7 +188,7 @@ def robust_payoff(
             the probe's): a relaxed level must beat evidence paid for, not that surrogate's
             prediction, whose excesses on glove games (n = 80, 100) no coalition had and moved
             exact payoffs (benchmarks/RESULTS.md). That needs a probe of at least
-            ``EVIDENCE_MIN_SIZES`` sizes (budgets of 1,440 calls or more: the probe gets a
+            ``EVIDENCE_MIN_SIZES`` sizes (budgets of 720 calls or more: the probe gets a
             twentieth); with fewer the evidence is too thin and the prediction counts:
             majority(101) with 300 calls (a probe of one size) needed 3.29 of ``v(N)`` on
             evidence alone, 0.495 (= e*) with the prediction.
