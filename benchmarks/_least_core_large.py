@@ -14,6 +14,12 @@ the per-call overhead of exact mode with a plain Python function.
 3. **Per-call overhead**: exact mode with a plain per-coalition Python function
    (``overhead_value``) at n = 16 and 20, against coopgame-py's ``Game.from_function`` plus its
    ``least_core`` (imputations, no tie-break on either side), interleaved, best of two.
+4. **Scarce budgets on games whose answer can be audited** (session 6): weighted voting at
+   n = 64, 80, 100, 200 (seeds 0-2; ``--quick``: n = 64, seed 0), e* and every requirement by the
+   exact MILP, the equal split and the anchors at the same calls beside coreopt; glove games
+   (e* = 0) at 10, 20 and 30 calls per player and majority(101) (e* = 1 - 51/101) at 300, 600 and
+   1,000 calls, audited by sorting (for given counts of each kind of player, the cheapest
+   coalition takes the cheapest players of each kind).
 
 Run from the repository root: ``python benchmarks/least_core.py --issue17 [--quick]
 [--skip-anchors]``; prints markdown tables.
@@ -56,7 +62,7 @@ def _row(cells: list[str]) -> str:
 
 
 def issue17_main(argv: list[str]) -> int:
-    """Print the three tables (see the module docstring)."""
+    """Print the four tables (see the module docstring)."""
     from least_core import DEFAULT_VENV, AnchorWorker, overhead_value
 
     import coreopt
@@ -66,7 +72,7 @@ def issue17_main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-anchors", action="store_true")
     parser.add_argument("--anchor-python", default=None)
-    parser.add_argument("--tables", default="1,2,3", help="which tables, e.g. 1,3")
+    parser.add_argument("--tables", default="1,2,3,4", help="which tables, e.g. 1,3")
     parser.add_argument(
         "--game-seeds", default="0", help="table 1: game seeds of both families, e.g. 0,1,2"
     )
@@ -256,6 +262,9 @@ def issue17_main(argv: list[str]) -> int:
             )
         out.append("")
 
+    if 4 in which:
+        out += _scarce_table(args.quick, worker)
+
     if worker is not None:
         worker.close()
     tmp.cleanup()
@@ -266,3 +275,131 @@ def issue17_main(argv: list[str]) -> int:
     )
     print("\n".join(out))
     return 0
+
+
+def glove_requirement(left: int, x: np.ndarray) -> float:
+    """Exact ``max over proper S of min(#left, #right) - x(S)`` of ``glove(left, n - left)``."""
+    n = x.shape[0]
+    a = np.concatenate([[0.0], np.cumsum(np.sort(x[:left]))])
+    b = np.concatenate([[0.0], np.cumsum(np.sort(x[left:]))])
+    return max(
+        min(i, j) - a[i] - b[j]
+        for i in range(left + 1)
+        for j in range(n - left + 1)
+        if 0 < i + j < n
+    )
+
+
+def majority_requirement(x: np.ndarray) -> float:
+    """Exact ``max over proper S of [|S| >= n // 2 + 1] - x(S)`` of ``majority(n)``."""
+    n = x.shape[0]
+    cheapest = np.cumsum(np.sort(x))[: n - 1]
+    sizes = np.arange(1, n)
+    return float(np.max((sizes >= n // 2 + 1).astype(float) - cheapest))
+
+
+def _scarce_table(quick: bool, worker: Any) -> list[str]:
+    """Table 4 (see the module docstring)."""
+    import coreopt
+    from coreopt.game import games
+
+    out = [
+        "### Scarce budgets: the payoff's true requirement on games whose answer can be audited",
+        "",
+        _row(
+            [
+                "game",
+                "calls",
+                "coreopt",
+                "relaxation",
+                "e*",
+                "equal split",
+                "pyDVL Monte Carlo",
+                "coopgame-py sampled",
+                "seconds",
+            ]
+        ),
+        _row(["---"] * 9),
+    ]
+    voting = [(64, 2000), (80, 3000), (100, 3000), (200, 3000)]
+    for n, calls in voting[:1] if quick else voting:
+        for seed in (0,) if quick else (0, 1, 2):
+            game = games.random_weighted_voting(n, seed)
+            value_of = game.value_of_mask
+            sep = _separator("voting", n, value_of, seed)
+            e_star = exact_epsilon(n, value_of((1 << n) - 1), value_of, sep)[0]
+            t0 = time.perf_counter()
+            res = coreopt.least_core(game, n, budget=calls, mode="approximate", progress=False)
+            secs = time.perf_counter() - t0
+            cells = [
+                f"voting n={n} seed {seed}",
+                str(res.value_calls),
+                f"**{sep(res.x)[0]:.4g}**",
+                f"{res.relaxation:.3g}",
+                f"{e_star:.4g}",
+                f"{sep(np.full(n, 1.0 / n))[0]:.4g}",
+            ]
+            struct = {**_structure("voting", n, seed), "n": n, "seed": seed}
+            for job in (
+                {"job": "pydvl_structured", "samples": calls},
+                {"job": "coopgame_structured", "pairs": max(1, (calls - n - 1) // 2)},
+            ):
+                if worker is None:
+                    cells.append("skipped")
+                    continue
+                ans = worker.request({**struct, **job}, timeout=1800)
+                if "error" in ans:
+                    cells.append(ans["error"][:40])
+                    continue
+                x = np.asarray(ans["x"], dtype=np.float64)
+                cells.append(f"{sep(x)[0]:.4g} ({ans.get('calls', '?')} calls)")
+            out.append(_row([*cells, f"{secs:.1f}"]))
+    gloves = [(35, 45)] if quick else [(40, 60), (30, 70), (45, 55), (35, 45)]
+    for left, right in gloves:
+        n = left + right
+        for per in (10, 20, 30):
+            t0 = time.perf_counter()
+            res = coreopt.least_core(
+                games.glove(left, right), n, budget=per * n, mode="approximate", progress=False
+            )
+            secs = time.perf_counter() - t0
+            equal = glove_requirement(left, np.full(n, left / n))
+            out.append(
+                _row(
+                    [
+                        f"glove({left}, {right})",
+                        str(res.value_calls),
+                        f"**{glove_requirement(left, res.x):.3g}**",
+                        f"{res.relaxation:.3g}",
+                        "0",
+                        f"{equal:.3g}",
+                        "-",
+                        "-",
+                        f"{secs:.1f}",
+                    ]
+                )
+            )
+    n = 101
+    for calls in (300,) if quick else (300, 600, 1000):
+        t0 = time.perf_counter()
+        res = coreopt.least_core(
+            games.majority(n), n, budget=calls, mode="approximate", progress=False
+        )
+        secs = time.perf_counter() - t0
+        out.append(
+            _row(
+                [
+                    "majority(101)",
+                    str(res.value_calls),
+                    f"**{majority_requirement(res.x):.4g}**",
+                    f"{res.relaxation:.3g}",
+                    f"{1 - 51 / 101:.4g}",
+                    f"{majority_requirement(np.full(n, 1.0 / n)):.4g}",
+                    "-",
+                    "-",
+                    f"{secs:.1f}",
+                ]
+            )
+        )
+    out.append("")
+    return out
