@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _gated_llama import BUDGET, gated_llama
 
 import coreopt
 from coreopt.quant import QuantFormat, QuantizeConfig, QuantizedLinear, model_bytes
@@ -381,28 +382,8 @@ def test_shared_int8_transform_through_quantize(
         return real(layers, budget, shared)
 
     monkeypatch.setattr(QUANTIZE, "choose_options", spy)
-    model = tiny_hf_model(
-        "llama",
-        num_hidden_layers=1,
-        hidden_size=64,
-        intermediate_size=1024,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=64,
-    ).eval()
-    with torch.no_grad():
-        for proj in (model.model.layers[0].mlp.gate_proj, model.model.layers[0].mlp.up_proj):
-            proj.weight[:, :4] *= 25
-    coreopt.quantize(
-        model,
-        bits_per_weight=3.5,
-        steps=20,
-        block_options=(16,),
-        progress=False,
-        max_workers=1,
-        share_transforms=True,
-        transform_dtype="int8",
-    )
+    model = gated_llama(tiny_hf_model)
+    coreopt.quantize(model, **BUDGET, transform_dtype="int8")
     assert seen, "no shared transform option was priced"
     assert {ch.cost for ch in seen} == {64 * 16 * 8 + 64 * 16}
     mlp = model.model.layers[0].mlp

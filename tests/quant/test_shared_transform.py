@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from _gated_llama import BUDGET, LLAMA, gated_llama
 
 import coreopt
 from coreopt.quant import QuantFormat, QuantizeConfig, QuantizedLinear, model_bytes
@@ -262,40 +263,10 @@ def test_a_conversion_keeps_one_tensor_for_the_group() -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-LLAMA: dict[str, Any] = {
-    "num_hidden_layers": 1,
-    "hidden_size": 64,
-    "intermediate_size": 1024,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "vocab_size": 64,
-}
-
-
-def _gated_llama(tiny_hf_model: Callable[..., Any]) -> Any:
-    """A one-layer Llama whose gate/up read four outlier input channels (an input transform
-    pays there) and are wide enough (1024 x 64) for a shared 16 x 16 transform to be cheap."""
-    model = tiny_hf_model("llama", **LLAMA).eval()
-    with torch.no_grad():
-        for proj in (model.model.layers[0].mlp.gate_proj, model.model.layers[0].mlp.up_proj):
-            proj.weight[:, :4] *= 25
-    return model
-
-
-BUDGET: dict[str, Any] = {
-    "bits_per_weight": 3.5,
-    "steps": 20,
-    "block_options": (16,),
-    "progress": False,
-    "max_workers": 1,
-    "share_transforms": True,
-}
-
-
 def test_quantize_shares_gate_up_transform_and_counts_it_once(
     tiny_hf_model: Callable[..., Any], tmp_path: Path
 ) -> None:
-    model = _gated_llama(tiny_hf_model)
+    model = gated_llama(tiny_hf_model)
     x = torch.randint(0, 64, (2, 9))
     coreopt.quantize(model, **BUDGET)
     rep = model.quantization_report
@@ -349,7 +320,7 @@ def test_hf_round_trip_with_a_shared_transform(
     tiny_hf_model: Callable[..., Any], tmp_path: Path
 ) -> None:
     transformers = pytest.importorskip("transformers")
-    model = _gated_llama(tiny_hf_model)
+    model = gated_llama(tiny_hf_model)
     coreopt.quantize(model, **BUDGET)
     assert model.model.layers[0].mlp.up_proj.transform_shared
     x = torch.randint(0, 64, (2, 9))
@@ -364,7 +335,7 @@ def test_hf_round_trip_with_a_shared_transform(
 
 
 def test_without_sharing_each_layer_pays_for_its_own(tiny_hf_model: Callable[..., Any]) -> None:
-    model = _gated_llama(tiny_hf_model)
+    model = gated_llama(tiny_hf_model)
     coreopt.quantize(model, **{**BUDGET, "share_transforms": False})
     assert not any(isinstance(m, QuantizedLinear) and m.transform_shared for m in model.modules())
 
@@ -400,7 +371,7 @@ def test_gguf_export_still_refuses_a_shared_transform(
 ) -> None:
     from coreopt.quant import export_gguf
 
-    model = _gated_llama(tiny_hf_model)
+    model = gated_llama(tiny_hf_model)
     coreopt.quantize(model, **BUDGET)
     with pytest.raises(ValueError, match="transform"):
         export_gguf(model, tmp_path / "m.gguf")
