@@ -680,8 +680,8 @@ def _robust(
     scale: float,
     slack: float,
     tol: float,
-    probe: Callable[[npt.NDArray[np.float64], Surrogate], float] | None = None,
-    probe_sizes: int = 0,
+    probe: Callable[[npt.NDArray[np.float64], Surrogate], float],
+    probe_sizes: int,
 ) -> tuple[npt.NDArray[np.float64], float]:
     """The payoff of :func:`~coreopt.game.robust.robust_payoff` and its level relaxation (solver
     units); the relaxed points come from :func:`~coreopt.game.generation.egalitarian` (the warm
