@@ -42,6 +42,13 @@ Run from the repository root::
     python benchmarks/quantize.py --threads 2 --models minilm --bits 3 4 --groups 64 \
         --bpw 3.5 4.5                                            # the equal-bytes table
     python benchmarks/quantize.py --threads 2 --record           # append to RESULTS.md
+    python benchmarks/quantize.py --device cuda --compare-devices --methods "" \
+        --budget-methods "" --bpw 3.5                            # CPU against GPU, same run
+
+``--compare-devices`` (needs ``--device cuda``) adds, per model and per ``--bpw``, the coreopt
+budget quantized on the GPU and on the CPU in the same run: the seconds of each (the GPU after an
+untimed warm-up on a small layer stack, so CUDA's start-up is not counted), their stored bits per
+weight, weight error and quality (both scored on the GPU).
 """
 
 from __future__ import annotations
@@ -353,6 +360,60 @@ def columns(metric: str, texts: list[str]) -> list[Column]:
     ]
 
 
+def device_table(
+    subject: Subject, texts: list[str], bpws: list[float], gpu: torch.device
+) -> BenchTable:
+    """The coreopt budget at each of ``bpws`` quantized on ``gpu`` and on the CPU in one run
+    (``--compare-devices``): seconds, stored bits per weight, weight error and quality, both
+    copies scored on ``gpu``."""
+    if gpu.type != "cuda":
+        raise ValueError(f"--compare-devices needs a CUDA device, got {gpu}")
+    table = BenchTable(
+        f"{subject.name}: coreopt budget, quantize time on the GPU and on the CPU",
+        [c for c in columns(subject.metric, texts) if c.key != "format"],
+        time_key="s",
+        reference="GPU",
+        ratio_header="time ÷ GPU",
+        description=(
+            "The same `quantize(model, bits_per_weight=B)` call (same batched path) computed on "
+            "the GPU and on the CPU in one run; the GPU timed after an untimed warm-up. "
+            "`time ÷ GPU` is the CPU's seconds over the GPU's (> 1: the GPU is faster; in the "
+            "footnote's words the GPU row is the `ref` row)."
+        ),
+    )
+    warm = nn.Sequential(*[nn.Linear(256, 256) for _ in range(4)]).to(gpu)
+    coreopt.quantize(warm, bits_per_weight=bpws[0], progress=False, device=gpu, steps=5)
+    torch.cuda.synchronize(gpu)
+    labels = {
+        gpu: f"GPU {torch.cuda.get_device_name(gpu)}",
+        torch.device("cpu"): f"CPU ({torch.get_num_threads()} torch threads)",
+    }
+    for bpw in bpws:
+        for dev, label in labels.items():
+            model = subject.load().to(dev)
+            gc.collect()
+            t0 = time.perf_counter()
+            out = run_coreopt(model, "cafeq", bits_per_weight=bpw, device=dev)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            secs = time.perf_counter() - t0
+            metric = subject.score(model.to(gpu))
+            table.add(
+                f"budget {bpw}",
+                label,
+                bpw=out["bpw"],
+                rel=out["rel"],
+                s=secs,
+                mib=model_bytes(model) / 2**20,
+                **{f"m_{t}": v for t, v in metric.items()},
+            )
+            shown = " ".join(f"{t}={v:.4f}" for t, v in metric.items())
+            print(f"  {subject.name} budget {bpw} on {label}: {secs:.1f}s {shown}", flush=True)
+            del model
+            gc.collect()
+    return table
+
+
 def pareto_order(table: BenchTable) -> None:
     """Rows by footprint (the case is the stored bits per weight), then by the first metric."""
     table.rows.sort(key=lambda r: (float(r.case.split()[0]), r.implementation))
@@ -386,7 +447,21 @@ def main() -> None:
         default=None,
         help="save the per-layer error figure of the first coreopt run to this PNG",
     )
+    parser.add_argument(
+        "--compare-devices",
+        action="store_true",
+        help="also time the coreopt budget at each --bpw on the CPU and on the GPU in the same "
+        "run (needs --device cuda)",
+    )
     args = parse_args(parser)
+    if args.compare_devices and args.device.type != "cuda":
+        parser.error(
+            f"--compare-devices times the CPU against a CUDA GPU: pass --device cuda on a machine "
+            f"with one (here --device resolved to {args.device}; torch.cuda.is_available() is "
+            f"{torch.cuda.is_available()})"
+        )
+    if args.compare_devices and not args.bpw:
+        parser.error("--compare-devices needs at least one --bpw budget")
     if args.quick:
         args.sentences, args.tokens = 16, 256
     methods = [m for m in args.methods.split(",") if m]
@@ -528,6 +603,8 @@ def main() -> None:
             gc.collect()
         pareto_order(table)
         tables.append(table)
+        if args.compare_devices:
+            tables.append(device_table(subject, texts, args.bpw, args.device))
     report(
         tables,
         args,
