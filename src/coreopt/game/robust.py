@@ -46,17 +46,6 @@ and 4.6%; n = 16, 18 with 150 calls: 20-110%). The margin is thin: with two BLAS
 fit's last digits depend on the summation order) glove(18, 22)'s false gain is 2.04% and it
 still moves."""
 
-PROBE_SIZES = 16
-"""Prefix sizes of a full judge's probe (:data:`coreopt.game.solver.JUDGE_CALLS` = 144 calls: three
-candidates x three orders x 16 sizes)."""
-
-EVIDENCE_MIN_SIZES = 4
-"""Prefix sizes the probe needs (36 judge calls: budgets of 720 calls or more) before
-``δ = 0``'s requirement is judged on real evidence alone for a surrogate without pairwise
-terms. Measured (benchmarks/RESULTS.md, session 6): with 8, glove(45, 55) and glove(35, 45) at
-10 calls per player kept the prediction and relaxed to payoffs needing 3.36 and 1.43 (exact
-with 4); with any number, majority(101) at 300 calls (one size) kept a point needing 3.29."""
-
 ASCENT_STARTS = 64
 """Random starts (of uniformly random size) of the surrogate ascent, besides the evaluated
 coalitions of largest excess."""
@@ -133,26 +122,56 @@ def predicted_requirement(
     return best
 
 
-def prefix_probes(x: npt.NDArray[np.float64], surrogate: Surrogate, sizes: int) -> list[int]:
-    """Coalitions worth paying for to test a payoff ``x`` (shape ``(n,)``): the first ``k``
-    players, for ``sizes`` sizes ``k`` spread geometrically over ``1 .. n - 1``, of three
-    orders: largest ``a_i - x_i`` (the surrogate's best), smallest ``x_i`` and smallest
-    ``x_i / a_i`` (the cheapest coalitions; a threshold game's blocking coalitions are among
-    them). Distinct masks, the orders interleaved size by size."""
+def prefix_predictions(
+    x: npt.NDArray[np.float64], surrogate: Surrogate, order: npt.NDArray[np.intp]
+) -> npt.NDArray[np.float64]:
+    """``v̂`` of the prefixes of ``order``: entry ``k - 1`` is the surrogate's value of the first
+    ``k`` players, ``k = 1 .. n - 1`` (shape ``(n - 1,)``; pairwise terms included)."""
+    n = x.shape[0]
+    pred = surrogate.intercept + np.cumsum(surrogate.a[order])[: n - 1]
+    if surrogate.pairwise:
+        sym = surrogate.b + surrogate.b.T
+        # the pair terms player k adds to the first k - 1: row k of the lower triangle
+        pred = pred + np.cumsum(np.tril(sym[np.ix_(order, order)], -1).sum(axis=1))[: n - 1]
+    if surrogate.g is not None:
+        pred = pred + surrogate.g[1:n]
+    return np.asarray(pred, dtype=np.float64)
+
+
+def prefix_probes(
+    x: npt.NDArray[np.float64],
+    surrogate: Surrogate,
+    sizes: int,
+    clip: tuple[float, float] | None = None,
+) -> list[int]:
+    """Coalitions worth paying for to test a payoff ``x`` (shape ``(n,)``): prefixes (the first
+    ``k`` players) of three orders: largest ``a_i - x_i`` (the surrogate's best), smallest
+    ``x_i`` and smallest ``x_i / a_i`` (the cheapest coalitions; a threshold game's blocking
+    coalitions are among them). Each order gets ``sizes`` sizes ``k``: the one where the
+    surrogate predicts the largest excess ``clip(v̂) - x`` along it (``clip``: the range of the
+    values seen, as in :func:`predicted_requirement`), then sizes spread geometrically over
+    ``1 .. n - 1``. The predicted size matters where the excess peaks in the middle: the
+    blocking coalitions of majority(101) have 51 players, which a geometric grid of 5 sizes
+    (1, 3, 10, 32, 100) never probes (its payoff needed 0.807 of ``v(N)`` and was kept; e* =
+    0.495). Distinct masks, the orders interleaved size by size."""
     n = x.shape[0]
     if n < 3 or sizes < 1:
         return []
-    grid = np.unique(np.geomspace(1, n - 1, sizes).round().astype(int)).tolist()
-    prefixes = []
+    lo, hi = clip if clip is not None else (-np.inf, np.inf)
+    per_order: list[list[int]] = []
     for order in _orders(x, surrogate.a):
-        bits = [1 << int(i) for i in order]
-        prefixes.append(np.cumsum(np.array(bits, dtype=object)).tolist())
+        excess = np.clip(prefix_predictions(x, surrogate, order), lo, hi)
+        excess -= np.cumsum(x[order])[: n - 1]
+        peak = int(np.argmax(excess)) + 1
+        grid = np.unique(np.geomspace(1, n - 1, sizes).round().astype(int)).tolist()
+        ks = list(dict.fromkeys([peak, *grid]))[: len(grid)]
+        bits = np.cumsum(np.array([1 << int(i) for i in order], dtype=object)).tolist()
+        per_order.append([int(bits[k - 1]) for k in ks])
     out: list[int] = []
-    for k in grid:
-        for pref in prefixes:
-            m = int(pref[k - 1])
-            if m not in out:
-                out.append(m)
+    for j in range(max(len(p) for p in per_order)):
+        for masks in per_order:
+            if j < len(masks) and masks[j] not in out:
+                out.append(masks[j])
     return out
 
 
@@ -165,7 +184,6 @@ def robust_payoff(
     scale: float,
     seed: int,
     probe: Callable[[npt.NDArray[np.float64], Surrogate], float] | None = None,
-    probe_sizes: int = PROBE_SIZES,
 ) -> tuple[npt.NDArray[np.float64], PayoffChoice]:
     """The payoff of lowest predicted requirement among ``x0`` and the relaxed-level points.
 
@@ -183,16 +201,14 @@ def robust_payoff(
             computed are candidates, and each one's requirement is the larger of the prediction
             and the probe (real calls can show what the surrogate misses: a threshold game's
             cheap blocking coalitions). For a surrogate without pairwise terms (the ``"size"``
-            one the solver fits above 60 players) and a probe of enough sizes (below),
-            ``δ = 0``'s requirement is only what real coalitions show (the evaluated ones and
-            the probe's): a relaxed level must beat evidence paid for, not that surrogate's
-            prediction, whose excesses on glove games (n = 80, 100) no coalition had and moved
-            exact payoffs (benchmarks/RESULTS.md). That needs a probe of at least
-            ``EVIDENCE_MIN_SIZES`` sizes (budgets of 720 calls or more: the probe gets a
-            twentieth); with fewer the evidence is too thin and the prediction counts:
-            majority(101) with 300 calls (a probe of one size) needed 3.29 of ``v(N)`` on
-            evidence alone, 0.495 (= e*) with the prediction.
-        probe_sizes: how many prefix sizes ``probe`` looks at.
+            one the solver fits above 60 players) each candidate's requirement is only what real
+            coalitions show (the evaluated ones and the probe's): a relaxed level must beat
+            evidence paid for, and is judged on it too, not on that surrogate's prediction,
+            whose excesses on glove games (n = 80, 100) no coalition had and moved exact
+            payoffs, and which overstated the relaxed points of majority(101) (0.56-0.80 of
+            ``v(N)`` predicted where they need 0.495; benchmarks/RESULTS.md). The probe aims at
+            the size where the surrogate predicts the largest excess along each order, so even
+            a probe of one size tests the coalitions that matter.
 
     Returns:
         ``(x, choice)``: ``x0`` itself unless a relaxed level's requirement is lower by more
@@ -220,8 +236,8 @@ def robust_payoff(
         )
         for d in candidates:
             shown = probe(points[d], surrogate)
-            if d == 0.0 and not surrogate.pairwise and probe_sizes >= EVIDENCE_MIN_SIZES:
-                known = known_excesses(x0, masks, values)
+            if not surrogate.pairwise:
+                known = known_excesses(points[d], masks, values)
                 judged[d] = max(float(known.max()) if known.size else -np.inf, shown)
             else:
                 judged[d] = max(predicted[d], shown)

@@ -593,9 +593,11 @@ def _approximate(
     if not certified and _robust_on(cfg, n, len(evaluated)):
         # cap the probe's calls at the judge's share (all of it when the budget is unlimited)
         sizes = max(1, (judge if cfg.budget is not None else JUDGE_CALLS) // 9)
+        clip = (float(vals.min()), float(vals.max())) if vals.size else None
 
         def probe(xc: npt.NDArray[np.float64], surrogate: Surrogate) -> float:
-            masks = [m for m in prefix_probes(xc, surrogate, sizes) if m not in (0, grand)]
+            probes = prefix_probes(xc, surrogate, sizes, clip=clip)
+            masks = [m for m in probes if m not in (0, grand)]
             before = oracle.calls
             oracle.evaluate(masks)
             bar.update(oracle.calls - before)
@@ -604,9 +606,7 @@ def _approximate(
                 return -math.inf
             return float(max(np.array([value(m) for m in done]) - _coalition_sums(xc, done, n)))
 
-        x, relaxation = _robust(
-            x, sol, evaluated, vals, fit, lp, cfg, scale, slack, tol, probe, probe_sizes=sizes
-        )
+        x, relaxation = _robust(x, sol, evaluated, vals, fit, lp, cfg, scale, slack, tol, probe)
         evaluated, vals = known_rows()  # the probes' coalitions were paid for: they count
     excess = vals - _coalition_sums(x, evaluated.tolist(), n)
     upper = float(excess.max())
@@ -681,7 +681,6 @@ def _robust(
     slack: float,
     tol: float,
     probe: Callable[[npt.NDArray[np.float64], Surrogate], float],
-    probe_sizes: int,
 ) -> tuple[npt.NDArray[np.float64], float]:
     """The payoff of :func:`~coreopt.game.robust.robust_payoff` and its level relaxation (solver
     units); the relaxed points come from :func:`~coreopt.game.generation.egalitarian` (the warm
@@ -707,9 +706,7 @@ def _robust(
             rows_per_round=cfg.rows_per_round,
         )
 
-    chosen, choice = robust_payoff(
-        x, at_level, masks, vals, surrogate, scale, cfg.seed, probe, probe_sizes=probe_sizes
-    )
+    chosen, choice = robust_payoff(x, at_level, masks, vals, surrogate, scale, cfg.seed, probe)
     return chosen, choice.delta
 
 
