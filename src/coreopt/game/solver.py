@@ -969,13 +969,13 @@ def _ascend(
 ROBUST_MAX_ROWS_PER_PLAYER = 50
 """``robust_payoff=None``: the payoff is chosen against predicted excesses
 (:func:`~coreopt.game.robust.robust_payoff`) when fewer than this many proper coalitions per
-player were evaluated. Measured on coverage n = 40 (games 0-5, the payoff's true requirement over
-e*, exact MILP audit; benchmarks/RESULTS.md): with it / without, 1,200 calls +19.8% / +47.6%,
-2,000 calls +13.1% / +19.6%, 3,000 calls +11.2% / +9.0%, 4,000 calls +8.4% / +4.6%, 5,000
-calls +7.0% / +3.4% (12 runs): the surrogate's prediction helps while the restricted least core
-is poorly pinned and misleads once it is well pinned. At n = 100, 200 and 1,000 with 3,000 calls
-(29, 15 and 3 per player) it lowered the requirement on coverage (47.0 → 31.1, 67.7 → 35.1,
-94.1 → 47.7) and left weighted voting unchanged."""
+player were evaluated. Measured on coverage n = 40 (games 0-5, solver seed 0, the payoff's true
+requirement over e*, exact MILP audit; benchmarks/RESULTS.md, session 7): with it / without,
+1,200 calls +14.9% / +47.6%, 2,000 calls +14.5% / +19.6%, 3,000 calls +10.0% / +9.0%, 4,000 calls
++8.5% / +4.6%, 5,000 calls +7.6% / +3.6%: the surrogate's prediction helps while the restricted
+least core is poorly pinned and misleads once it is well pinned. At n = 100, 200 and 1,000 with
+3,000 calls (29, 15 and 3 per player) it lowered the requirement on coverage (seed 0: 47.0 →
+31.1, 67.7 → 25.0, 94.1 → 47.7) and left weighted voting unchanged."""
 
 JUDGE_CALLS = 144
 """Real calls (at most a twentieth of the budget, held back from the start) that test the
