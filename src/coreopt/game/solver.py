@@ -438,7 +438,14 @@ def _approximate(
     lp_rounds = 0
     t_lp = t_sep = 0.0
     status = Status.MAX_ITERATIONS
-    bar = tqdm(total=oracle.budget, desc="least core: value calls", disable=_disabled(cfg.progress))
+    # the bar counts every call of the budget, those held back for the judge and the audit too
+    # (paid after the search, while the payoff is chosen: a phase named in the bar's postfix)
+    held = reserve + judge
+    bar = tqdm(
+        total=None if oracle.budget is None else oracle.budget + held,
+        desc="least core: value calls",
+        disable=_disabled(cfg.progress),
+    )
     bar.update(oracle.calls)
 
     slack = cfg.tie_slack * scale if cfg.tie_break else 0.0
@@ -580,63 +587,72 @@ def _approximate(
         sol = lp.solve()
         lp_rounds += 1
         t_lp += time.perf_counter() - ts
+    except BaseException:
+        bar.close()
+        raise
+
+    try:
+        bar.set_postfix_str("choosing the payoff: minimum-norm point", refresh=True)
+        evaluated, vals = known_rows()
+        x, levels = payoff(sol)
+        # every proper coalition evaluated: the LP had every row, the answer is certified
+        certified = n <= MAX_VECTOR_PLAYERS and len(evaluated) == (1 << n) - 2
+        relaxation = 0.0
+        if oracle.budget is not None:
+            oracle.budget += judge
+        if not certified and _robust_on(cfg, n, len(evaluated)):
+            # cap the probe's calls at the judge's share (all of it when the budget is unlimited)
+            sizes = max(1, (judge if cfg.budget is not None else JUDGE_CALLS) // 9)
+            clip = (float(vals.min()), float(vals.max())) if vals.size else None
+
+            def probe(xc: npt.NDArray[np.float64], surrogate: Surrogate) -> float:
+                probes = prefix_probes(xc, surrogate, sizes, clip=clip)
+                masks = [m for m in probes if m not in (0, grand)]
+                before = oracle.calls
+                oracle.evaluate(masks)
+                bar.update(oracle.calls - before)
+                done = [m for m in masks if m in oracle]
+                if not done:
+                    return -math.inf
+                return float(max(np.array([value(m) for m in done]) - _coalition_sums(xc, done, n)))
+
+            bar.set_postfix_str("choosing the payoff: relaxed levels, judge's probes", refresh=True)
+            x, relaxation = _robust(x, sol, evaluated, vals, fit, lp, cfg, scale, slack, tol, probe)
+            evaluated, vals = known_rows()  # the probes' coalitions were paid for: they count
+        excess = vals - _coalition_sums(x, evaluated.tolist(), n)
+        upper = float(excess.max())
+        if not cfg.proper:
+            upper = max(upper, 0.0)
+        if certified:
+            status = Status.CONVERGED
+        probe_excess = violation_rate = None
+        if probe_stats is not None:
+            ex, probe_level = probe_stats
+            probe_excess = float(ex.max())
+            violation_rate = _clopper_pearson_upper(int((ex > probe_level + tol).sum()), ex.size)
+        estimate = None
+        if not certified:
+            if oracle.budget is not None:
+                oracle.budget += reserve
+            bar.set_postfix_str("auditing the payoff on fresh coalitions", refresh=True)
+            before = oracle.calls
+            estimate = _audit(oracle, rng, cfg, x, upper, tol, n, value)
+            bar.update(oracle.calls - before)
+            if estimate is not None:
+                upper = max(upper, estimate.max_excess)
+            elif probe_stats is not None:
+                ex, probe_level = probe_stats
+                k = int((ex > probe_level + tol).sum())
+                estimate = RequirementEstimate(
+                    probes=int(ex.size),
+                    level=probe_level,
+                    max_excess=float(ex.max()),
+                    exceeding=k,
+                    fraction_upper=_clopper_pearson_upper(k, ex.size),
+                    of_returned_payoff=False,
+                )
     finally:
         bar.close()
-
-    evaluated, vals = known_rows()
-    x, levels = payoff(sol)
-    # every proper coalition evaluated: the LP had every row, the answer is certified
-    certified = n <= MAX_VECTOR_PLAYERS and len(evaluated) == (1 << n) - 2
-    relaxation = 0.0
-    if oracle.budget is not None:
-        oracle.budget += judge
-    if not certified and _robust_on(cfg, n, len(evaluated)):
-        # cap the probe's calls at the judge's share (all of it when the budget is unlimited)
-        sizes = max(1, (judge if cfg.budget is not None else JUDGE_CALLS) // 9)
-        clip = (float(vals.min()), float(vals.max())) if vals.size else None
-
-        def probe(xc: npt.NDArray[np.float64], surrogate: Surrogate) -> float:
-            probes = prefix_probes(xc, surrogate, sizes, clip=clip)
-            masks = [m for m in probes if m not in (0, grand)]
-            before = oracle.calls
-            oracle.evaluate(masks)
-            bar.update(oracle.calls - before)
-            done = [m for m in masks if m in oracle]
-            if not done:
-                return -math.inf
-            return float(max(np.array([value(m) for m in done]) - _coalition_sums(xc, done, n)))
-
-        x, relaxation = _robust(x, sol, evaluated, vals, fit, lp, cfg, scale, slack, tol, probe)
-        evaluated, vals = known_rows()  # the probes' coalitions were paid for: they count
-    excess = vals - _coalition_sums(x, evaluated.tolist(), n)
-    upper = float(excess.max())
-    if not cfg.proper:
-        upper = max(upper, 0.0)
-    if certified:
-        status = Status.CONVERGED
-    probe_excess = violation_rate = None
-    if probe_stats is not None:
-        ex, probe_level = probe_stats
-        probe_excess = float(ex.max())
-        violation_rate = _clopper_pearson_upper(int((ex > probe_level + tol).sum()), ex.size)
-    estimate = None
-    if not certified:
-        if oracle.budget is not None:
-            oracle.budget += reserve
-        estimate = _audit(oracle, rng, cfg, x, upper, tol, n, value)
-        if estimate is not None:
-            upper = max(upper, estimate.max_excess)
-        elif probe_stats is not None:
-            ex, probe_level = probe_stats
-            k = int((ex > probe_level + tol).sum())
-            estimate = RequirementEstimate(
-                probes=int(ex.size),
-                level=probe_level,
-                max_excess=float(ex.max()),
-                exceeding=k,
-                fraction_upper=_clopper_pearson_upper(k, ex.size),
-                of_returned_payoff=False,
-            )
     total = time.perf_counter() - t0
     logger.info(
         "least_core: %s after %d calls: e* >= %.6g (certified); the payoff needs >= %.6g over the "
