@@ -9,7 +9,7 @@ import cvxpy as cp
 import numpy as np
 import pytest
 
-from coreopt.game.generation import _polish, _qp_highs
+from coreopt.game.generation import _polish, _qp_highs, _qp_ldp
 
 
 def _instance(n: int, rows: int, seed: int):
@@ -93,3 +93,47 @@ def test_min_norm_qps_are_exact_and_bounded_in_work(monkeypatch) -> None:
     x_cold = generation._qp_highs(12, grand, inc, rhs)
     assert x_cold is not None
     np.testing.assert_allclose(x_cold[0], x, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_least_distance_program_is_the_minimum_norm_point(seed: int) -> None:
+    # NNLS on the least-distance form against the interior-point reference; its multipliers are
+    # positive exactly on binding rows (what the polish starts from)
+    n = 30
+    inc, rhs, grand = _instance(n, 90, seed)
+    ref = _reference(inc, rhs, grand)
+    got = _qp_ldp(n, grand, inc, rhs)
+    assert got is not None
+    x, lam = got
+    assert float(np.min(inc @ x - rhs)) >= -1e-9
+    assert abs(x.sum() - grand) < 1e-9
+    assert float(x @ x) <= float(ref @ ref) + 1e-9  # feasible and no larger: the optimum
+    np.testing.assert_allclose(x, ref, atol=1e-3)  # (Clarabel is ~1e-5 accurate here)
+    assert np.all(lam >= 0)
+    assert np.all(np.abs(inc @ x - rhs)[lam > 1e-9] < 1e-8)  # complementary slackness
+
+
+def test_least_distance_program_refuses_an_infeasible_system() -> None:
+    rows = np.eye(4)
+    assert _qp_ldp(4, 4.0, rows, np.full(4, 2.0)) is None  # x_i >= 2, sum x = 4
+
+
+def test_min_norm_is_solved_without_highs(monkeypatch) -> None:
+    # the least-distance program answers; HiGHS's QP (45 s where NNLS took 1.2 s at n = 500)
+    # is only a fallback
+    import coreopt.game.generation as generation
+    from coreopt.game.rows import ExplicitRows
+
+    def no_highs(*args: object) -> None:
+        raise AssertionError("HiGHS's QP was called")
+
+    monkeypatch.setattr(generation, "_qp_highs", no_highs)
+    n = 30
+    inc, rhs, grand = _instance(n, 90, 5)
+    masks = np.array([int(sum(1 << i for i in np.flatnonzero(row))) for row in inc])
+    source = ExplicitRows(n, masks, rhs)
+    x = generation._min_norm(n, grand, np.full(n, -np.inf), masks, source, 0.0, 1e-9)
+    ref = _reference(inc, rhs, grand)
+    assert float(np.min(inc @ x - rhs)) >= -1e-9
+    assert float(x @ x) <= float(ref @ ref) + 1e-9
+    np.testing.assert_allclose(x, ref, atol=1e-3)
