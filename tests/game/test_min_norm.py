@@ -137,3 +137,25 @@ def test_min_norm_is_solved_without_highs(monkeypatch) -> None:
     assert float(np.min(inc @ x - rhs)) >= -1e-9
     assert float(x @ x) <= float(ref @ ref) + 1e-9
     np.testing.assert_allclose(x, ref, atol=1e-3)
+
+
+def test_polish_solves_by_qr_where_the_normal_equations_miss(monkeypatch) -> None:
+    # at n = 1,000 an active set of 999 rows made (A A^T) lam = b miss A x = b by 7e-9 (condition
+    # number 1.5e16) and the polish gave up; the QR of A^T must then give the optimum. Here the
+    # normal equations are made to miss outright
+    n = 30
+    inc, rhs, grand = _instance(n, 90, 1)
+    ref = _reference(inc, rhs, grand)
+    binding = (inc @ ref - rhs < 1e-6).astype(float)
+    real = np.linalg.lstsq
+
+    def missing(a, b, rcond=None):  # type: ignore[no-untyped-def]
+        out = real(a, b, rcond=rcond)
+        return (out[0] * 0.5, *out[1:])
+
+    monkeypatch.setattr(np.linalg, "lstsq", missing)
+    x = _polish(n, grand, inc, rhs, binding, 1e-9)
+    assert x is not None
+    assert float(np.min(inc @ x - rhs)) >= -1e-9
+    assert abs(x.sum() - grand) < 1e-9
+    assert float(x @ x) <= float(ref @ ref) + 1e-9
