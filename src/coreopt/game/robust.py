@@ -100,15 +100,11 @@ def predicted_requirement(
         return best
     lo, hi = float(values.min()), float(values.max())
     if not surrogate.pairwise:
-        g = surrogate.g if surrogate.g is not None else np.zeros(n + 1)
-        sizes = np.arange(1, n)
         # per size k, the first k players of three orders: largest a_i - x_i (the unclipped
         # maximiser), smallest x_i and smallest x_i / a_i (cheap coalitions, which win once v̂
         # reaches the clip: a threshold game's blocking coalitions)
         for order in _orders(x, surrogate.a):
-            pay = np.cumsum(x[order])[: n - 1]
-            pred = surrogate.intercept + np.cumsum(surrogate.a[order])[: n - 1] + g[sizes]
-            best = max(best, float((np.clip(pred, lo, hi) - pay).max()))
+            best = max(best, float(_prefix_excesses(x, surrogate, order, lo, hi).max()))
         return best
     top = [masks[i] for i in np.argsort(-known_ex, kind="stable")[:32].tolist()]
     starts = top + [
@@ -138,6 +134,19 @@ def prefix_predictions(
     return np.asarray(pred, dtype=np.float64)
 
 
+def _prefix_excesses(
+    x: npt.NDArray[np.float64],
+    surrogate: Surrogate,
+    order: npt.NDArray[np.intp],
+    lo: float,
+    hi: float,
+) -> npt.NDArray[np.float64]:
+    """``clip(v̂, lo, hi) - x`` of the prefixes of ``order`` (entry ``k - 1``: the first ``k``
+    players, ``k = 1 .. n - 1``)."""
+    pred = np.clip(prefix_predictions(x, surrogate, order), lo, hi)
+    return np.asarray(pred - np.cumsum(x[order])[: x.shape[0] - 1], dtype=np.float64)
+
+
 def prefix_probes(
     x: npt.NDArray[np.float64],
     surrogate: Surrogate,
@@ -158,12 +167,10 @@ def prefix_probes(
     if n < 3 or sizes < 1:
         return []
     lo, hi = clip if clip is not None else (-np.inf, np.inf)
+    grid = np.unique(np.geomspace(1, n - 1, sizes).round().astype(int)).tolist()
     per_order: list[list[int]] = []
     for order in _orders(x, surrogate.a):
-        excess = np.clip(prefix_predictions(x, surrogate, order), lo, hi)
-        excess -= np.cumsum(x[order])[: n - 1]
-        peak = int(np.argmax(excess)) + 1
-        grid = np.unique(np.geomspace(1, n - 1, sizes).round().astype(int)).tolist()
+        peak = int(np.argmax(_prefix_excesses(x, surrogate, order, lo, hi))) + 1
         ks = list(dict.fromkeys([peak, *grid]))[: len(grid)]
         bits = np.cumsum(np.array([1 << int(i) for i in order], dtype=object)).tolist()
         per_order.append([int(bits[k - 1]) for k in ks])
