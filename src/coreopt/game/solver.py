@@ -587,11 +587,6 @@ def _approximate(
         sol = lp.solve()
         lp_rounds += 1
         t_lp += time.perf_counter() - ts
-    except BaseException:
-        bar.close()
-        raise
-
-    try:
         bar.set_postfix_str("choosing the payoff: minimum-norm point", refresh=True)
         evaluated, vals = known_rows()
         x, levels = payoff(sol)
